@@ -1,0 +1,57 @@
+# GoogLeNet-CAM toolkit. `make demo` and `make test` do all set-up on a fresh machine.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+SOLVER  ?= prototxt/googlenet_cam_solver.prototxt
+WEIGHTS ?= weights/bvlc_googlenet.caffemodel
+MPII    ?= data/mpii
+IMAGE   ?=
+TRAIN_ARGS ?=
+
+.PHONY: setup test lint prototxt demo demo-clean weights mpii data train cam curves bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+lint: setup
+	$(PY) -m ruff check caffecam scripts tests
+
+test: setup lint
+	$(PY) -m pytest
+
+prototxt: setup
+	$(PY) scripts/make_prototxt.py --out prototxt
+
+demo: setup
+	$(PY) scripts/demo.py
+
+demo-clean:
+	rm -rf data/demo snapshots/demo results/demo
+
+weights: setup
+	$(PY) scripts/fetch.py bvlc_googlenet --dest weights
+
+mpii: setup
+	$(PY) scripts/fetch.py mpii_annotations mpii_images --dest $(MPII) --unpack
+
+data: setup
+	$(PY) scripts/prepare_mpii.py --annotations $(MPII)/mpii_human_pose_v1_u12_2/mpii_human_pose_v1_u12_1.mat \
+		--images $(MPII)/images --out data
+
+train: setup
+	$(PY) scripts/train.py --solver $(SOLVER) --weights $(WEIGHTS) $(TRAIN_ARGS)
+
+cam: setup
+	$(PY) scripts/cam.py --auto $(IMAGE)
+
+curves: setup
+	$(PY) scripts/plot_curves.py
+
+bench: setup
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache
