@@ -1,0 +1,51 @@
+"""Caffe's weight fillers. fan_in = count / shape[0], fan_out = count / shape[1]."""
+
+import math
+
+import torch
+
+from caffecam.errors import CaffeCamError
+from caffecam.proto import caffe_pb2
+
+_NORM = caffe_pb2.FillerParameter
+
+
+def _fan(shape, variance_norm):
+    count = math.prod(shape)
+    fan_in = count / shape[0]
+    fan_out = count / shape[1] if len(shape) > 1 else count
+    if variance_norm == _NORM.FAN_OUT:
+        return fan_out
+    if variance_norm == _NORM.AVERAGE:
+        return (fan_in + fan_out) / 2
+    return fan_in
+
+
+def fill(shape, filler, generator=None, where="filler"):
+    """A float32 tensor of `shape` filled as Caffe's `filler` (a FillerParameter; None means constant 0)."""
+    shape = tuple(int(d) for d in shape)
+    kind = filler.type if filler is not None else "constant"
+    if kind == "constant":
+        return torch.full(shape, filler.value if filler is not None else 0.0)
+    if kind == "uniform":
+        return torch.empty(shape).uniform_(filler.min, filler.max, generator=generator)
+    if kind == "gaussian":
+        out = torch.empty(shape).normal_(filler.mean, filler.std, generator=generator)
+        if filler.sparse >= 0:
+            # Caffe keeps each weight with probability sparse / num_outputs (num_outputs = shape[0]).
+            keep = min(1.0, filler.sparse / shape[0])
+            out *= torch.empty(shape).bernoulli_(keep, generator=generator)
+        return out
+    if kind == "xavier":
+        # The `std` field some prototxts give xavier (GoogLeNet's do) is ignored, as in Caffe.
+        bound = math.sqrt(3.0 / _fan(shape, filler.variance_norm))
+        return torch.empty(shape).uniform_(-bound, bound, generator=generator)
+    if kind == "msra":
+        std = math.sqrt(2.0 / _fan(shape, filler.variance_norm))
+        return torch.empty(shape).normal_(0.0, std, generator=generator)
+    if kind == "positive_unitball":
+        out = torch.rand(shape, generator=generator)
+        return out / out.reshape(shape[0], -1).sum(1).reshape((shape[0],) + (1,) * (len(shape) - 1))
+    raise CaffeCamError(
+        f"{where}: unknown filler type '{kind}' (known: constant, uniform, gaussian, xavier, msra, positive_unitball)"
+    )

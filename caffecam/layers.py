@@ -1,0 +1,408 @@
+"""One class per Caffe layer type, each computing exactly what Caffe computes.
+
+A layer is built from its LayerParameter and the shapes of its bottoms; it knows its top shapes and owns its
+learnable blobs in Caffe's order (weight, then bias) in `self.blobs`. forward(*bottoms) returns a list of tops.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from caffecam.errors import CaffeCamError
+from caffecam.fillers import fill
+from caffecam.proto import caffe_pb2
+
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+# Types whose tops are fed from outside the net (by the data pipeline or the caller).
+INPUT_TYPES = {"Input", "Data", "ImageData"}
+
+
+class Layer(nn.Module):
+    def __init__(self, lp, bottom_shapes, phase, generator=None):
+        super().__init__()
+        self.name, self.type, self.phase = lp.name, lp.type, phase
+        self.blobs = nn.ParameterList()
+        self.top_shapes = self.setup(lp, [tuple(s) for s in bottom_shapes], generator)
+
+    def fail(self, what):
+        raise CaffeCamError(f"layer '{self.name}' ({self.type}): {what}")
+
+    def add_blob(self, shape, filler, generator):
+        self.blobs.append(nn.Parameter(fill(shape, filler, generator, where=f"layer '{self.name}'")))
+
+    def need_bottoms(self, shapes, n):
+        if len(shapes) != n:
+            self.fail(f"expects {n} bottom blob(s), got {len(shapes)}")
+
+
+def _pair(repeated, single_h, single_w, has_h, default, what, layer):
+    """Resolve Caffe's `x` (repeated, 0/1/2 values) or `x_h`/`x_w` form into (h, w)."""
+    if has_h:
+        if len(repeated):
+            layer.fail(f"give either {what} or {what}_h/{what}_w, not both")
+        return int(single_h), int(single_w)
+    if len(repeated) == 0:
+        return default, default
+    if len(repeated) == 1:
+        return int(repeated[0]), int(repeated[0])
+    if len(repeated) == 2:
+        return int(repeated[0]), int(repeated[1])
+    layer.fail(f"{what} has {len(repeated)} values; only 2-D convolution is supported")
+
+
+class Convolution(Layer):
+    def setup(self, lp, shapes, gen):
+        p = lp.convolution_param
+        self.need_bottoms(shapes, 1)
+        if len(shapes[0]) != 4 or p.axis not in (1, -3):
+            self.fail(f"needs an N×C×H×W bottom, got {shapes[0]}")
+        n, c, h, w = shapes[0]
+        self.kernel = _pair(p.kernel_size, p.kernel_h, p.kernel_w, p.HasField("kernel_h"), None, "kernel_size", self)
+        if self.kernel[0] is None:
+            self.fail("kernel_size is required")
+        self.pad = _pair(p.pad, p.pad_h, p.pad_w, p.HasField("pad_h") or p.HasField("pad_w"), 0, "pad", self)
+        self.stride = _pair(p.stride, p.stride_h, p.stride_w, p.HasField("stride_h"), 1, "stride", self)
+        self.dilation = _pair(p.dilation, 0, 0, False, 1, "dilation", self)
+        self.group = p.group
+        if p.num_output == 0:
+            self.fail("num_output is required")
+        if c % self.group or p.num_output % self.group:
+            self.fail(f"channels ({c}) and num_output ({p.num_output}) must be multiples of group ({self.group})")
+        # out = floor((in + 2·pad − (dilation·(k−1)+1)) / stride) + 1
+        out = [
+            (size + 2 * pd - (dl * (k - 1) + 1)) // st + 1
+            for size, pd, dl, k, st in zip((h, w), self.pad, self.dilation, self.kernel, self.stride)
+        ]
+        if min(out) < 1:
+            self.fail(f"kernel {self.kernel} does not fit the {h}×{w} input (with pad {self.pad})")
+        self.add_blob((p.num_output, c // self.group) + self.kernel, p.weight_filler if p.HasField("weight_filler")
+                      else None, gen)
+        self.bias_term = p.bias_term
+        if p.bias_term:
+            self.add_blob((p.num_output,), p.bias_filler if p.HasField("bias_filler") else None, gen)
+        return [(n, p.num_output, out[0], out[1])]
+
+    def forward(self, x):
+        bias = self.blobs[1] if self.bias_term else None
+        return [F.conv2d(x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)]
+
+
+def caffe_pool_out(size, k, s, p, ceil=True):
+    """Caffe's pooled size: ceil((H + 2p − k) / s) + 1 (floor for FLOOR), minus one if the last window starts
+    in the padding (only checked when p > 0)."""
+    num = size + 2 * p - k
+    out = (-(-num // s) if ceil else num // s) + 1
+    if p > 0 and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+class Pooling(Layer):
+    def setup(self, lp, shapes, gen):
+        p = lp.pooling_param
+        self.need_bottoms(shapes, 1)
+        if len(shapes[0]) != 4:
+            self.fail(f"needs an N×C×H×W bottom, got {shapes[0]}")
+        n, c, h, w = shapes[0]
+        if p.pool == p.STOCHASTIC:
+            self.fail("STOCHASTIC pooling is not supported")
+        self.max = p.pool == p.MAX
+        if p.global_pooling:
+            self.kernel, self.pad, self.stride = (h, w), (0, 0), (1, 1)
+        else:
+            has_hw = p.HasField("kernel_h")
+            if has_hw != p.HasField("kernel_w") or has_hw == p.HasField("kernel_size"):
+                self.fail("give kernel_size, or both kernel_h and kernel_w")
+            self.kernel = (p.kernel_h, p.kernel_w) if p.HasField("kernel_h") else (p.kernel_size,) * 2
+            self.pad = (p.pad_h, p.pad_w) if p.HasField("pad_h") or p.HasField("pad_w") else (p.pad,) * 2
+            self.stride = (p.stride_h, p.stride_w) if p.HasField("stride_h") else (p.stride,) * 2
+        if any(pd >= k for pd, k in zip(self.pad, self.kernel)):
+            self.fail(f"pad {self.pad} must be smaller than kernel {self.kernel}")
+        ceil = p.round_mode == p.CEIL
+        self.out = tuple(caffe_pool_out(sz, k, s, pd, ceil) for sz, k, s, pd in zip((h, w), self.kernel, self.stride,
+                                                                                    self.pad))
+        if min(self.out) < 1:
+            self.fail(f"kernel {self.kernel} does not fit the {h}×{w} input")
+        return [(n, c) + self.out]
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        out = tuple(caffe_pool_out(sz, k, s, pd) for sz, k, s, pd in zip((h, w), self.kernel, self.stride, self.pad))
+        torch_out = tuple(caffe_pool_out(sz, k, s, pd) if pd > 0 else _torch_ceil_out(sz, k, s)
+                          for sz, k, s, pd in zip((h, w), self.kernel, self.stride, self.pad))
+        fast = out == torch_out and all(2 * pd <= k for pd, k in zip(self.pad, self.kernel))
+        if fast:
+            # PyTorch's ceil_mode pooling uses Caffe's rules exactly when the sizes agree: MAX skips padded cells,
+            # AVE with count_include_pad divides by the window clipped to the padded extent.
+            if self.max:
+                return [F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True)]
+            return [F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True, count_include_pad=True)]
+        return [self._explicit(x, out)]
+
+    def _explicit(self, x, out):
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        h, w = x.shape[-2:]
+        extra_h = max(0, (out[0] - 1) * sh + kh - h - ph)
+        extra_w = max(0, (out[1] - 1) * sw + kw - w - pw)
+        if self.max:
+            xp = F.pad(x, (pw, extra_w, ph, extra_h), value=-math.inf)
+            return F.max_pool2d(xp, self.kernel, self.stride)[..., : out[0], : out[1]]
+        xp = F.pad(x, (pw, extra_w, ph, extra_h))
+        sums = F.avg_pool2d(xp, self.kernel, self.stride, divisor_override=1)[..., : out[0], : out[1]]
+        # AVE divisor: the window clipped to the padded extent [−p, H + p).
+        def counts(n, k, s, p, size):
+            starts = torch.arange(n) * s - p
+            return (torch.clamp(starts + k, max=size + p) - starts).to(x.dtype)
+        div = counts(out[0], kh, sh, ph, h)[:, None] * counts(out[1], kw, sw, pw, w)[None, :]
+        return sums / div.to(x.device)
+
+
+def _torch_ceil_out(size, k, s):
+    # PyTorch's ceil_mode output size with no padding: it also drops a last window starting at or past the edge.
+    out = -(-(size - k) // s) + 1
+    if (out - 1) * s >= size:
+        out -= 1
+    return out
+
+
+class LRN(Layer):
+    def setup(self, lp, shapes, gen):
+        p = lp.lrn_param
+        self.need_bottoms(shapes, 1)
+        if p.local_size % 2 == 0:
+            self.fail(f"local_size must be odd, got {p.local_size}")
+        self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
+        self.across = p.norm_region == p.ACROSS_CHANNELS
+        c = shapes[0][1]
+        if self.across:
+            # Σ x² over the local_size channels centred on c, as a 1×1 convolution with a fixed banded weight.
+            idx = torch.arange(c)
+            band = ((idx[:, None] - idx[None, :]).abs() <= self.size // 2).float()
+            self.register_buffer("band", band.reshape(c, c, 1, 1), persistent=False)
+        return [shapes[0]]
+
+    def forward(self, x):
+        if self.across:
+            # y = x · (k + alpha/n · Σ x²)^(−beta)
+            sq_sum = F.conv2d(x * x, self.band.to(x.dtype))
+            return [x * (self.k + (self.alpha / self.size) * sq_sum).pow(-self.beta)]
+        # WITHIN_CHANNEL: Caffe composes square → AVE pool (n×n, pad (n−1)/2) → power(shift 1, scale alpha):
+        # y = x · (1 + alpha · mean of x² over the n×n window, padding counted)^(−beta); k is not used.
+        pad = (self.size - 1) // 2
+        mean = F.avg_pool2d(x * x, self.size, 1, pad, count_include_pad=True)
+        return [x * (1.0 + self.alpha * mean).pow(-self.beta)]
+
+
+class ReLU(Layer):
+    def setup(self, lp, shapes, gen):
+        self.need_bottoms(shapes, 1)
+        self.slope = lp.relu_param.negative_slope
+        return [shapes[0]]
+
+    def forward(self, x):
+        return [F.relu(x) if self.slope == 0 else F.leaky_relu(x, self.slope)]
+
+
+def _axis(axis, ndim, layer):
+    if not -ndim <= axis < ndim:
+        layer.fail(f"axis {axis} out of range for a {ndim}-D blob")
+    return axis % ndim
+
+
+class Concat(Layer):
+    def setup(self, lp, shapes, gen):
+        if not shapes:
+            self.fail("needs at least one bottom")
+        p = lp.concat_param
+        axis = p.concat_dim if p.HasField("concat_dim") and not p.HasField("axis") else p.axis
+        self.axis = _axis(axis, len(shapes[0]), self)
+        for s in shapes[1:]:
+            if len(s) != len(shapes[0]) or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != self.axis):
+                self.fail(f"bottom shapes {shapes} differ outside the concat axis {self.axis}")
+        out = list(shapes[0])
+        out[self.axis] = sum(s[self.axis] for s in shapes)
+        return [tuple(out)]
+
+    def forward(self, *xs):
+        return [torch.cat(xs, self.axis)]
+
+
+class InnerProduct(Layer):
+    def setup(self, lp, shapes, gen):
+        p = lp.inner_product_param
+        self.need_bottoms(shapes, 1)
+        self.axis = _axis(p.axis, len(shapes[0]), self)
+        k = math.prod(shapes[0][self.axis:])
+        if p.num_output == 0:
+            self.fail("num_output is required")
+        self.transpose, self.bias_term = p.transpose, p.bias_term
+        wshape = (k, p.num_output) if p.transpose else (p.num_output, k)
+        self.add_blob(wshape, p.weight_filler if p.HasField("weight_filler") else None, gen)
+        if p.bias_term:
+            self.add_blob((p.num_output,), p.bias_filler if p.HasField("bias_filler") else None, gen)
+        return [tuple(shapes[0][: self.axis]) + (p.num_output,)]
+
+    def forward(self, x):
+        x = x.flatten(self.axis)
+        weight = self.blobs[0].t() if self.transpose else self.blobs[0]
+        return [F.linear(x, weight, self.blobs[1] if self.bias_term else None)]
+
+
+class Dropout(Layer):
+    def setup(self, lp, shapes, gen):
+        self.need_bottoms(shapes, 1)
+        self.ratio = lp.dropout_param.dropout_ratio
+        return [shapes[0]]
+
+    def forward(self, x):
+        # TRAIN: kept units scaled by 1/(1 − p); TEST: identity.
+        return [F.dropout(x, self.ratio, training=True) if self.phase == TRAIN and self.ratio > 0 else x]
+
+
+class Softmax(Layer):
+    def setup(self, lp, shapes, gen):
+        self.need_bottoms(shapes, 1)
+        self.axis = _axis(lp.softmax_param.axis, len(shapes[0]), self)
+        return [shapes[0]]
+
+    def forward(self, x):
+        return [F.softmax(x, self.axis)]
+
+
+class SoftmaxWithLoss(Layer):
+    def setup(self, lp, shapes, gen):
+        self.need_bottoms(shapes, 2)
+        self.axis = _axis(lp.softmax_param.axis, len(shapes[0]), self)
+        lossp = lp.loss_param
+        self.ignore = lossp.ignore_label if lossp.HasField("ignore_label") else None
+        self.norm = lossp.normalization
+        if lossp.HasField("normalize") and not lossp.HasField("normalization"):
+            self.norm = lossp.VALID if lossp.normalize else lossp.BATCH_SIZE
+        outer = math.prod(shapes[0][: self.axis])
+        inner = math.prod(shapes[0][self.axis + 1:])
+        if math.prod(shapes[1]) != outer * inner:
+            self.fail(f"label count {math.prod(shapes[1])} does not match prediction shape {shapes[0]}")
+        self.ntops = len(lp.top)
+        return [()] + ([shapes[0]] if self.ntops > 1 else [])
+
+    def forward(self, x, label):
+        logp = F.log_softmax(x, self.axis)
+        logp = logp.movedim(self.axis, -1).reshape(-1, x.shape[self.axis])
+        label = label.reshape(-1).long()
+        valid = torch.ones_like(label, dtype=torch.bool) if self.ignore is None else label != self.ignore
+        picked = logp.gather(1, torch.where(valid, label, 0)[:, None])[:, 0]
+        total = -(picked * valid).sum()
+        # Normalization: FULL = all predictions, VALID = non-ignored ones, BATCH_SIZE = outer count, NONE = 1.
+        lp = caffe_pb2.LossParameter
+        if self.norm == lp.FULL:
+            denom = float(label.numel())
+        elif self.norm == lp.VALID:
+            denom = valid.sum().clamp(min=1).to(x.dtype)
+        elif self.norm == lp.BATCH_SIZE:
+            denom = float(math.prod(x.shape[: self.axis]))
+        else:
+            denom = 1.0
+        tops = [total / denom]
+        if self.ntops > 1:
+            tops.append(F.softmax(x, self.axis))
+        return tops
+
+
+class Accuracy(Layer):
+    def setup(self, lp, shapes, gen):
+        self.need_bottoms(shapes, 2)
+        p = lp.accuracy_param
+        self.top_k, self.axis = p.top_k, _axis(p.axis, len(shapes[0]), self)
+        self.ignore = p.ignore_label if p.HasField("ignore_label") else None
+        if self.top_k > shapes[0][self.axis]:
+            self.fail(f"top_k {self.top_k} exceeds the {shapes[0][self.axis]} classes")
+        return [()]
+
+    def forward(self, x, label):
+        with torch.no_grad():
+            scores = x.movedim(self.axis, -1).reshape(-1, x.shape[self.axis])
+            label = label.reshape(-1).long()
+            valid = torch.ones_like(label, dtype=torch.bool) if self.ignore is None else label != self.ignore
+            true_score = scores.gather(1, torch.where(valid, label, 0)[:, None])
+            # Correct when fewer than top_k classes score strictly higher than the true class.
+            correct = ((scores > true_score).sum(1) < self.top_k) & valid
+            return [correct.sum().to(x.dtype) / valid.sum().clamp(min=1).to(x.dtype)]
+
+
+class Flatten(Layer):
+    def setup(self, lp, shapes, gen):
+        self.need_bottoms(shapes, 1)
+        nd = len(shapes[0])
+        self.start = _axis(lp.flatten_param.axis, nd, self)
+        self.end = _axis(lp.flatten_param.end_axis, nd, self)
+        s = shapes[0]
+        return [tuple(s[: self.start]) + (math.prod(s[self.start: self.end + 1]),) + tuple(s[self.end + 1:])]
+
+    def forward(self, x):
+        return [x.flatten(self.start, self.end)]
+
+
+class Eltwise(Layer):
+    def setup(self, lp, shapes, gen):
+        p = lp.eltwise_param
+        if len(shapes) < 2:
+            self.fail("needs at least two bottoms")
+        if any(s != shapes[0] for s in shapes):
+            self.fail(f"bottom shapes differ: {shapes}")
+        if len(p.coeff) not in (0, len(shapes)):
+            self.fail(f"{len(p.coeff)} coeff values for {len(shapes)} bottoms")
+        if len(p.coeff) and p.operation != p.SUM:
+            self.fail("coeff is only allowed with operation SUM")
+        self.op, self.coeff = p.operation, list(p.coeff) or [1.0] * len(shapes)
+        return [shapes[0]]
+
+    def forward(self, *xs):
+        ep = caffe_pb2.EltwiseParameter
+        if self.op == ep.PROD:
+            return [math.prod(xs[1:], start=xs[0])]
+        if self.op == ep.MAX:
+            out = xs[0]
+            for x in xs[1:]:
+                out = torch.maximum(out, x)
+            return [out]
+        return [sum(c * x for c, x in zip(self.coeff, xs))]
+
+
+class Split(Layer):
+    def setup(self, lp, shapes, gen):
+        self.need_bottoms(shapes, 1)
+        self.n = len(lp.top)
+        return [shapes[0]] * self.n
+
+    def forward(self, x):
+        return [x] * self.n
+
+
+class Input(Layer):
+    """Input, Data and ImageData: their tops are handed in by the caller; shapes come from the net builder."""
+
+    def setup(self, lp, shapes, gen):
+        return list(shapes)
+
+    def forward(self, *xs):
+        return list(xs)
+
+
+LAYER_TYPES = {
+    cls.__name__: cls
+    for cls in (Convolution, Pooling, LRN, ReLU, Concat, InnerProduct, Dropout, Softmax, SoftmaxWithLoss, Accuracy,
+                Flatten, Eltwise, Split, Input)
+}
+for _name in INPUT_TYPES:
+    LAYER_TYPES[_name] = Input
+
+
+def make_layer(lp, bottom_shapes, phase, generator=None):
+    cls = LAYER_TYPES.get(lp.type)
+    if cls is None:
+        raise CaffeCamError(
+            f"layer '{lp.name}': unknown type '{lp.type}' (supported: {', '.join(sorted(LAYER_TYPES))})"
+        )
+    return cls(lp, bottom_shapes, phase, generator)

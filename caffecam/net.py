@@ -1,0 +1,164 @@
+"""A Caffe NetParameter as a torch.nn.Module: the blob DAG for one phase, forward returning named blobs."""
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from caffecam import netparam
+from caffecam.errors import CaffeCamError
+from caffecam.layers import INPUT_TYPES, make_layer
+from caffecam.proto import caffe_pb2
+
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+
+
+def data_layer_shapes(lp):
+    """Top shapes of a Data/ImageData layer from its own parameters, or None when only the data can tell."""
+    if lp.type == "ImageData":
+        p = lp.image_data_param
+        batch, channels = p.batch_size, 3 if p.is_color else 1
+        size = (p.new_height, p.new_width) if p.new_height and p.new_width else None
+    else:
+        p = lp.data_param
+        batch, channels, size = p.batch_size, 3, None
+    crop = lp.transform_param.crop_size
+    if crop:
+        size = (crop, crop)
+    if size is None:
+        return None
+    shapes = [(batch, channels) + tuple(size)]
+    return shapes + [(batch,)] * (len(lp.top) - 1)
+
+
+class Net(nn.Module):
+    """Build with Net(net_param, phase). forward({blob: tensor}) -> {blob name: tensor} for every blob.
+
+    pycaffe-like access: net.params['CAM_fc_14'][0] is the classifier weight; net.blob_shapes gives shapes at set-up.
+    """
+
+    def __init__(self, net_param, phase=TEST, input_shapes=None, seed=None, level=0, stages=()):
+        super().__init__()
+        self.name, self.phase = net_param.name, phase
+        state = caffe_pb2.NetState(phase=phase, level=level, stage=list(stages))
+        input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+        self.layer_params, self.input_blobs, self.blob_shapes = [], [], OrderedDict()
+        self.layers = nn.ModuleList()
+        self.loss_weights = OrderedDict()
+        consumed = set()
+        for name, shape in netparam.legacy_inputs(net_param):
+            self.input_blobs.append(name)
+            self.blob_shapes[name] = input_shapes.get(name, shape)
+        for lp in netparam.current_layers(net_param):
+            if not netparam.layer_included(lp, state):
+                continue
+            if lp.type in INPUT_TYPES:
+                bottom_shapes = self._input_shapes(lp, input_shapes)
+                self.input_blobs.extend(lp.top)
+            else:
+                missing = [b for b in lp.bottom if b not in self.blob_shapes]
+                if missing:
+                    raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): bottom blob '{missing[0]}' is not produced "
+                                        "by any earlier layer or input")
+                bottom_shapes = [self.blob_shapes[b] for b in lp.bottom]
+                consumed.update(lp.bottom)
+            layer = make_layer(lp, bottom_shapes, phase, generator)
+            if len(layer.top_shapes) != len(lp.top):
+                raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): has {len(lp.top)} tops, expects "
+                                    f"{len(layer.top_shapes)}")
+            if len(lp.param) > len(layer.blobs):
+                raise CaffeCamError(f"layer '{lp.name}': {len(lp.param)} param specs for {len(layer.blobs)} blobs")
+            for i, (top, shape) in enumerate(zip(lp.top, layer.top_shapes)):
+                self.blob_shapes[top] = shape
+                weight = lp.loss_weight[i] if i < len(lp.loss_weight) else (
+                    1.0 if lp.type.endswith("Loss") and i == 0 else 0.0)
+                if weight:
+                    self.loss_weights[top] = weight
+                else:
+                    self.loss_weights.pop(top, None)
+            self.layer_params.append(lp)
+            self.layers.append(layer)
+        if not self.layers:
+            raise CaffeCamError(f"net '{self.name}': no layers in phase {caffe_pb2.Phase.Name(phase)}")
+        self.layer_by_name = OrderedDict((lp.name, layer) for lp, layer in zip(self.layer_params, self.layers))
+        # Caffe's net outputs: blobs no layer consumes, in lexicographic order of name.
+        self.output_blobs = sorted(set(self.blob_shapes) - consumed - set(self.input_blobs))
+
+    def _input_shapes(self, lp, given):
+        if lp.type == "Input":
+            p = lp.input_param
+            shapes = [tuple(s.dim) for s in p.shape]
+            if len(shapes) == 1:
+                shapes = shapes * len(lp.top)
+            if len(shapes) != len(lp.top):
+                raise CaffeCamError(f"layer '{lp.name}' (Input): {len(lp.top)} tops but {len(p.shape)} shapes")
+        else:
+            shapes = data_layer_shapes(lp)
+        if all(t in given for t in lp.top):
+            shapes = [given[t] for t in lp.top]
+        if shapes is None:
+            raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): input size unknown; set transform_param.crop_size "
+                                "or new_height/new_width, or pass input_shapes")
+        return shapes
+
+    @property
+    def params(self):
+        """OrderedDict layer name -> list of its learnable blobs (weight, bias), for layers that have any."""
+        return OrderedDict((name, list(layer.blobs)) for name, layer in self.layer_by_name.items() if len(layer.blobs))
+
+    def param_specs(self):
+        """[(layer name, blob index, parameter, lr_mult, decay_mult)] in net order."""
+        out = []
+        for lp, layer in zip(self.layer_params, self.layers):
+            for i, blob in enumerate(layer.blobs):
+                spec = lp.param[i] if i < len(lp.param) else caffe_pb2.ParamSpec()
+                out.append((lp.name, i, blob, spec.lr_mult, spec.decay_mult))
+        return out
+
+    def forward(self, inputs, end=None):
+        """Run the net. `inputs`: {input blob: tensor} (a bare tensor when the net has one input).
+
+        Returns {blob: tensor} holding every blob's latest value (an in-place layer overwrites its blob, as in
+        Caffe). With `end`, stops after the layer of that name.
+        """
+        if torch.is_tensor(inputs):
+            feeds = [b for b in self.input_blobs if b != "label"]
+            if len(feeds) != 1:
+                raise CaffeCamError(f"net '{self.name}' has inputs {self.input_blobs}; pass a dict")
+            inputs = {feeds[0]: inputs}
+        blobs = dict(inputs)
+        for lp, layer in zip(self.layer_params, self.layers):
+            if lp.type in INPUT_TYPES:
+                missing = [t for t in lp.top if t not in blobs]
+                if missing:
+                    raise CaffeCamError(f"input blob '{missing[0]}' of layer '{lp.name}' was not given")
+                continue
+            tops = layer(*[blobs[b] for b in lp.bottom])
+            blobs.update(zip(lp.top, tops))
+            if end is not None and lp.name == end:
+                break
+        return blobs
+
+    def loss(self, blobs):
+        """Caffe's objective: Σ loss_weight · sum(top) over the loss tops."""
+        return sum(w * blobs[name].sum() for name, w in self.loss_weights.items())
+
+    def consumers(self, blob):
+        """Layers (LayerParameters) that read `blob`, in net order."""
+        return [lp for lp in self.layer_params if blob in lp.bottom]
+
+    def producer(self, blob):
+        """The last layer writing `blob` (for in-place chains, the last in-place layer)."""
+        found = None
+        for lp in self.layer_params:
+            if blob in lp.top:
+                found = lp
+        return found
+
+
+def load_net(path, phase=TEST, **kwargs):
+    from caffecam.prototxt import read_net
+
+    return Net(read_net(path), phase, **kwargs)
