@@ -378,3 +378,28 @@ def test_engine_shapes_of_the_small_nets():
     assert tuple(demo["CAM_conv"]) == (1, 128, 6, 6) and tuple(demo["prob"]) == (1, models.DEMO_NUM_CLASSES)
     tiny = net_mod.Net(models.tiny_cam_net(3, 32), phase=caffe_pb2.TEST).blob_shapes
     assert tuple(tiny["CAM_conv"]) == (2, 16, 8, 8) and tuple(tiny["CAM_fc"]) == (2, 3)
+
+
+def test_engine_builds_train_val_in_both_phases():
+    net_mod = pytest.importorskip("caffecam.net")
+    for lmdb in (False, True):
+        param = models.full_train_val(lmdb=lmdb)
+        test = net_mod.Net(param, phase=caffe_pb2.TEST)
+        assert tuple(test.blob_shapes["CAM_fc_14"]) == (32, 14)
+        assert test.output_blobs == ["loss3/loss3", "loss3/top-1", "loss3/top-5"]
+        train = net_mod.Net(param, phase=caffe_pb2.TRAIN)
+        assert train.output_blobs == ["loss3/loss3"]
+
+
+def test_engine_runs_the_small_nets():
+    torch = pytest.importorskip("torch")
+    net_mod = pytest.importorskip("caffecam.net")
+    tiny = net_mod.Net(models.tiny_cam_net(3, 32, head="loss", batch=4), phase=caffe_pb2.TRAIN, seed=0)
+    blobs = tiny.forward({"data": torch.randn(4, 3, 32, 32), "label": torch.tensor([0.0, 1.0, 2.0, 1.0])})
+    loss = tiny.loss(blobs)
+    loss.backward()
+    assert torch.isfinite(loss) and tiny.params["CAM_fc"][0].grad is not None
+    demo = net_mod.Net(models.demo_deploy(), phase=caffe_pb2.TEST, seed=0)
+    prob = demo.forward(torch.randn(1, 3, models.DEMO_INPUT_SIZE, models.DEMO_INPUT_SIZE))["prob"]
+    assert prob.shape == (1, models.DEMO_NUM_CLASSES)
+    assert float(prob.detach().sum()) == pytest.approx(1.0, abs=1e-5)
