@@ -286,7 +286,10 @@ def googlenet_cam(num_classes=14, width_div=1, input_size=224, data=None, head="
     _check_args(num_classes, width_div, input_size)
     if fc_name is None:
         fc_name = f"CAM_fc_{num_classes}" if width_div == 1 else "CAM_fc"
-    n = lambda w: narrow(w, width_div)  # noqa: E731
+
+    def n(width):
+        return narrow(width, width_div)
+
     net = caffe_pb2.NetParameter(name=name)
     layers = _data_or_input(data, head, input_size, batch)
     layers += conv_relu("conv1/7x7_s2", "conv1/relu_7x7", "data", n(64), 7, stride=2, pad=3,
