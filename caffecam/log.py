@@ -216,7 +216,7 @@ class ParsedLog:
 
 
 class _Clock:
-    """Turns glog prefixes into seconds. The short prefix has no year: a month going backwards means a new year."""
+    """Turns glog prefixes into datetimes. The short prefix has no year: a month going backwards means a new year."""
 
     def __init__(self):
         self.year, self.last_month = 2000, None
@@ -235,7 +235,7 @@ class _Clock:
             t = _dt.datetime(year, month, day, int(hh), int(mm), int(ss), micro)
         except ValueError:  # 29 Feb in a guessed non-leap year, or garbage
             t = _dt.datetime(year, month, 28, int(hh), int(mm), int(ss), micro) + _dt.timedelta(days=day - 28)
-        return (t - _dt.datetime(1970, 1, 1)).total_seconds()
+        return t
 
 
 def _read_lines(path_or_lines):
@@ -299,7 +299,7 @@ def _parse_message(out, st, lr_events, t, msg, lineno):
         return
     if st["start"] is None:  # an excerpt without its Solving line: count from its first line
         st.update(start=t, run=0)
-    sec = t - st["start"]
+    sec = (t - st["start"]).total_seconds()
     if kind == "policy":
         out.lr_policy = mm.group(1)
     elif kind == "testing":
