@@ -11,7 +11,6 @@ import math
 import os
 import re
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,7 @@ SRC = {
 
 
 class CaffeLogger:
-    """Writes glog-style lines `Immdd hh:mm:ss.uuuuuu  TID file:line] message` to a stream and a log file.
+    """Writes glog-style lines `Immdd hh:mm:ss.uuuuuu  PID file:line] message` to a stream and a log file.
 
     stream: a file-like object (default sys.stderr), a callable taking one line without newline (e.g. tqdm.write,
     so that lines do not tear a progress bar), or None for file only. The log file is opened for append,
@@ -64,8 +63,8 @@ class CaffeLogger:
     def _prefix(self, severity, src):
         now = self._clock()
         date = now.strftime("%Y%m%d" if self.year else "%m%d")
-        tid = threading.get_native_id() % 100000 if hasattr(threading, "get_native_id") else os.getpid()
-        return f"{severity}{date} {now:%H:%M:%S}.{now.microsecond:06d} {tid:5d} {src}] "
+        # glog prints the thread id with setw(5) (a minimum width); for the main thread it is the pid
+        return f"{severity}{date} {now:%H:%M:%S}.{now.microsecond:06d} {os.getpid():5d} {src}] "
 
     def log(self, severity, msg, src):
         line = self._prefix(severity, src) + msg
