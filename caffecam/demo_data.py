@@ -169,10 +169,10 @@ def make_demo_set(out="data/demo", classes=5, images=1200, size=96, seed=0, val_
         (out / rel).write_bytes(buf.tobytes())
         rows.append((rel, int(labels[i])))
         boxes.append((rel, *box))
-    val_idx = set()
-    for c in range(classes):
+    val_idx, pick = set(), np.random.default_rng([seed, images])
+    for c in range(classes):  # random members of each class, so neither list is ordered by class
         idx = np.flatnonzero(labels == c)
-        val_idx.update(idx[: round(val_fraction * len(idx))].tolist())
+        val_idx.update(idx[pick.permutation(len(idx))[: round(val_fraction * len(idx))]].tolist())
     train = [r for i, r in enumerate(rows) if i not in val_idx]
     val = [r for i, r in enumerate(rows) if i in val_idx]
     paths = {name: out / name for name in ("train.txt", "val.txt", "class_labels.csv", "boxes.csv")}

@@ -181,7 +181,7 @@ def _safe_target(dest_dir, name, archive):
     return target
 
 
-def unpack(archive, dest_dir, progress=True):
+def unpack_archive(archive, dest_dir, progress=True):
     """Unpack a .zip or .tar(.gz) archive into dest_dir, refusing members (or links) that point outside it.
 
     A stamp file `.<archive name>.unpacked` records a completed unpack so repeated runs skip it.
@@ -223,7 +223,7 @@ def unpack(archive, dest_dir, progress=True):
     return dest_dir
 
 
-def fetch(name, dest_dir, unpack_archive=False, progress=True, mirror=None, retries=3, retry_wait=2.0):
+def fetch(name, dest_dir, unpack=False, progress=True, mirror=None, retries=3, retry_wait=2.0):
     """Download the named source (see SOURCES) into dest_dir; optionally unpack it there. Returns the file's Path.
 
     `mirror`: a base URL that replaces the source's folder (`<mirror>/<file name>`), e.g. a local copy.
@@ -233,6 +233,6 @@ def fetch(name, dest_dir, unpack_archive=False, progress=True, mirror=None, retr
     src = SOURCES[name]
     url = src.url if mirror is None else mirror.rstrip("/") + "/" + src.filename
     path = download(url, Path(dest_dir) / src.filename, src.sha1, progress, retries, retry_wait)
-    if unpack_archive and src.filename.endswith((".zip", ".tar.gz", ".tgz", ".tar")):
-        unpack(path, dest_dir, progress)
+    if unpack and src.filename.endswith((".zip", ".tar.gz", ".tgz", ".tar")):
+        unpack_archive(path, dest_dir, progress)
     return path

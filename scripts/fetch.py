@@ -36,7 +36,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     for name in dict.fromkeys(args.names):
-        fetch(name, args.dest, unpack_archive=args.unpack, progress=not args.no_progress, mirror=args.mirror,
+        fetch(name, args.dest, unpack=args.unpack, progress=not args.no_progress, mirror=args.mirror,
               retries=args.retries, retry_wait=args.retry_wait)
     return 0
 

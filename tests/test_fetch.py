@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from caffecam.errors import CaffeCamError
-from caffecam.fetch import download, unpack
+from caffecam.fetch import download, unpack_archive
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import fetch as fetch_script  # noqa: E402
@@ -189,24 +189,24 @@ def _tar_bytes(entries, links=()):
 
 def test_unpack_zip_and_tar_and_refuse_escapes(tmp_path):
     (tmp_path / "a.zip").write_bytes(_zip_bytes({"ann/x.mat": b"mat", "ann/readme.txt": b"hi"}))
-    unpack(tmp_path / "a.zip", tmp_path / "out", progress=False)
+    unpack_archive(tmp_path / "a.zip", tmp_path / "out", progress=False)
     assert (tmp_path / "out/ann/x.mat").read_bytes() == b"mat"
     (tmp_path / "i.tar.gz").write_bytes(_tar_bytes({"images/1.jpg": b"j1", "images/2.jpg": b"j2"},
                                                    links=[("images/ok", "1.jpg")]))
-    unpack(tmp_path / "i.tar.gz", tmp_path / "out", progress=False)
+    unpack_archive(tmp_path / "i.tar.gz", tmp_path / "out", progress=False)
     assert (tmp_path / "out/images/2.jpg").read_bytes() == b"j2"
     assert (tmp_path / "out/.i.tar.gz.unpacked").exists()
 
     (tmp_path / "evil.zip").write_bytes(_zip_bytes({"../escape.txt": b"x"}))
     with pytest.raises(CaffeCamError, match="outside"):
-        unpack(tmp_path / "evil.zip", tmp_path / "out2", progress=False)
+        unpack_archive(tmp_path / "evil.zip", tmp_path / "out2", progress=False)
     (tmp_path / "evil.tar.gz").write_bytes(_tar_bytes({}, links=[("images/l", "../../../etc/passwd")]))
     with pytest.raises(CaffeCamError, match="outside"):
-        unpack(tmp_path / "evil.tar.gz", tmp_path / "out3", progress=False)
+        unpack_archive(tmp_path / "evil.tar.gz", tmp_path / "out3", progress=False)
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "out3/images/l").exists()
     (tmp_path / "bad.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(CaffeCamError, match="damaged archive"):
-        unpack(tmp_path / "bad.tar.gz", tmp_path / "out4", progress=False)
+        unpack_archive(tmp_path / "bad.tar.gz", tmp_path / "out4", progress=False)
 
 
 def test_script_fetches_and_unpacks_from_mirror(server, tmp_path, capsys):
