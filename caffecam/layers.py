@@ -120,7 +120,7 @@ class Pooling(Layer):
             self.stride = (p.stride_h, p.stride_w) if p.HasField("stride_h") else (p.stride,) * 2
         if any(pd >= k for pd, k in zip(self.pad, self.kernel)):
             self.fail(f"pad {self.pad} must be smaller than kernel {self.kernel}")
-        ceil = p.round_mode == p.CEIL
+        self.ceil = ceil = p.round_mode == p.CEIL
         self.out = tuple(caffe_pool_out(sz, k, s, pd, ceil) for sz, k, s, pd in zip((h, w), self.kernel, self.stride,
                                                                                     self.pad))
         if min(self.out) < 1:
@@ -129,16 +129,19 @@ class Pooling(Layer):
 
     def forward(self, x):
         h, w = x.shape[-2:]
-        out = tuple(caffe_pool_out(sz, k, s, pd) for sz, k, s, pd in zip((h, w), self.kernel, self.stride, self.pad))
-        torch_out = tuple(caffe_pool_out(sz, k, s, pd) if pd > 0 else _torch_ceil_out(sz, k, s)
-                          for sz, k, s, pd in zip((h, w), self.kernel, self.stride, self.pad))
+        out = tuple(caffe_pool_out(sz, k, s, pd, self.ceil)
+                    for sz, k, s, pd in zip((h, w), self.kernel, self.stride, self.pad))
+        # FLOOR sizes always agree with PyTorch's (Caffe's last-window check cannot fire when pad < kernel).
+        torch_out = out if not self.ceil else tuple(
+            caffe_pool_out(sz, k, s, pd) if pd > 0 else _torch_ceil_out(sz, k, s)
+            for sz, k, s, pd in zip((h, w), self.kernel, self.stride, self.pad))
         fast = out == torch_out and all(2 * pd <= k for pd, k in zip(self.pad, self.kernel))
         if fast:
-            # PyTorch's ceil_mode pooling uses Caffe's rules exactly when the sizes agree: MAX skips padded cells,
+            # PyTorch's pooling uses Caffe's rules exactly when the sizes agree: MAX skips padded cells,
             # AVE with count_include_pad divides by the window clipped to the padded extent.
             if self.max:
-                return [F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True)]
-            return [F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=True, count_include_pad=True)]
+                return [F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil)]
+            return [F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, count_include_pad=True)]
         return [self._explicit(x, out)]
 
     def _explicit(self, x, out):
@@ -147,7 +150,8 @@ class Pooling(Layer):
         extra_h = max(0, (out[0] - 1) * sh + kh - h - ph)
         extra_w = max(0, (out[1] - 1) * sw + kw - w - pw)
         if self.max:
-            xp = F.pad(x, (pw, extra_w, ph, extra_h), value=-math.inf)
+            # Caffe starts each max at −FLT_MAX: a window lying wholly past the edge (kernel < stride) yields that.
+            xp = F.pad(x, (pw, extra_w, ph, extra_h), value=-_FLT_MAX)
             return F.max_pool2d(xp, self.kernel, self.stride)[..., : out[0], : out[1]]
         xp = F.pad(x, (pw, extra_w, ph, extra_h))
         sums = F.avg_pool2d(xp, self.kernel, self.stride, divisor_override=1)[..., : out[0], : out[1]]
@@ -157,6 +161,9 @@ class Pooling(Layer):
             return (torch.clamp(starts + k, max=size + p) - starts).to(x.dtype)
         div = counts(out[0], kh, sh, ph, h)[:, None] * counts(out[1], kw, sw, pw, w)[None, :]
         return sums / div.to(x.device)
+
+
+_FLT_MAX = 3.4028234663852886e38
 
 
 def _torch_ceil_out(size, k, s):
