@@ -1,0 +1,153 @@
+"""Independent float64 NumPy references for Caffe's layers, written from shared/caffe-format.md §2.
+
+Plain loops over output positions: slow but obvious. Used only by the tests, on tiny inputs.
+"""
+
+import math
+
+import numpy as np
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def conv_out(size, k, s, p, d=1):
+    return (size + 2 * p - (d * (k - 1) + 1)) // s + 1
+
+
+def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1):
+    """x (N,C,H,W), w (M, C/group, kh, kw): cross-correlation, zero padding, per-group channel blocks."""
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
+    oh, ow = conv_out(h, kh, sh, ph, dh), conv_out(wd, kw, sw, pw, dw)
+    xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
+    xp[:, :, ph:ph + h, pw:pw + wd] = x
+    out = np.zeros((n, m, oh, ow))
+    mg = m // group
+    for o in range(m):
+        g = o // mg
+        for i in range(oh):
+            for j in range(ow):
+                rows = slice(i * sh, i * sh + dh * (kh - 1) + 1, dh)
+                cols = slice(j * sw, j * sw + dw * (kw - 1) + 1, dw)
+                patch = xp[:, g * cg:(g + 1) * cg, rows, cols]
+                out[:, o, i, j] = (patch * w[o]).sum(axis=(1, 2, 3))
+        if b is not None:
+            out[:, o] += b[o]
+    return out
+
+
+def pool_out(size, k, s, p, ceil=True):
+    """Caffe: ceil((H + 2p − k)/s) + 1 (floor in FLOOR mode); then if p > 0 and (out−1)·s ≥ H + p, out −= 1."""
+    num = size + 2 * p - k
+    out = (math.ceil(num / s) if ceil else math.floor(num / s)) + 1
+    if p > 0 and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def pool2d(x, kernel, stride, pad, mode="MAX", ceil=True):
+    """Caffe pooling. MAX: max over the real cells of the window (an empty window stays at −FLT_MAX, Caffe's
+    initial value). AVE: sum over real cells / size of the window clipped to the padded extent [−p, H+p)."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    oh, ow = pool_out(h, kh, sh, ph, ceil), pool_out(w, kw, sw, pw, ceil)
+    out = np.zeros((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            hs, ws = i * sh - ph, j * sw - pw
+            he, we = min(hs + kh, h + ph), min(ws + kw, w + pw)
+            area = (he - hs) * (we - ws)
+            r0, r1, c0, c1 = max(hs, 0), min(he, h), max(ws, 0), min(we, w)
+            win = x[:, :, r0:r1, c0:c1]
+            if mode == "MAX":
+                out[:, :, i, j] = win.max(axis=(2, 3)) if win.size else -FLT_MAX
+            else:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out[:, :, i, j] = win.sum(axis=(2, 3)) / area
+    return out
+
+
+def lrn_across(x, size, alpha, beta, k):
+    """y = x · (k + alpha/size · Σ x² over the `size` channels centred on c, zero beyond the edges)^(−beta)."""
+    n, c = x.shape[:2]
+    half = size // 2
+    out = np.empty_like(x, dtype=np.float64)
+    for ch in range(c):
+        lo, hi = max(0, ch - half), min(c, ch + half + 1)
+        s = (x[:, lo:hi] ** 2).sum(axis=1)
+        out[:, ch] = x[:, ch] * (k + alpha / size * s) ** (-beta)
+    return out
+
+
+def lrn_within(x, size, alpha, beta):
+    """Caffe WITHIN_CHANNEL: y = x · (1 + alpha · mean of x² over the size×size window, zero padding
+    counted)^(−beta)."""
+    n, c, h, w = x.shape
+    half = (size - 1) // 2
+    sq = np.zeros((n, c, h + 2 * half, w + 2 * half))
+    sq[:, :, half:half + h, half:half + w] = x ** 2
+    out = np.empty((n, c, h, w))
+    for i in range(h):
+        for j in range(w):
+            mean = sq[:, :, i:i + size, j:j + size].sum(axis=(2, 3)) / (size * size)
+            out[:, :, i, j] = x[:, :, i, j] * (1 + alpha * mean) ** (-beta)
+    return out
+
+
+def relu(x, slope=0.0):
+    return np.where(x > 0, x, slope * x)
+
+
+def inner_product(x, w, b=None, axis=1, transpose=False):
+    lead = x.shape[:axis]
+    flat = x.reshape(int(np.prod(lead)) if lead else 1, -1)
+    y = flat @ (w if transpose else w.T)
+    if b is not None:
+        y = y + b
+    return y.reshape(tuple(lead) + (y.shape[-1],))
+
+
+def softmax(x, axis=1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def softmax_loss(x, label, ignore_label=None, normalization="VALID", axis=1):
+    """Σ −log p(label) over non-ignored positions / normalizer (FULL: all, VALID: non-ignored, BATCH_SIZE: outer
+    count, NONE: 1), the normalizer at least 1."""
+    p = np.moveaxis(softmax(x, axis), axis, -1).reshape(-1, x.shape[axis])
+    label = label.reshape(-1).astype(int)
+    total, valid = 0.0, 0
+    for row, lab in zip(p, label):
+        if ignore_label is not None and lab == ignore_label:
+            continue
+        total -= math.log(row[lab])
+        valid += 1
+    denom = {"FULL": label.size, "VALID": valid, "BATCH_SIZE": int(np.prod(x.shape[:axis])), "NONE": 1}[normalization]
+    return total / max(1, denom)
+
+
+def accuracy(x, label, top_k=1, ignore_label=None, axis=1):
+    """Fraction of non-ignored positions whose true class has fewer than top_k classes scoring strictly higher."""
+    s = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
+    label = label.reshape(-1).astype(int)
+    hits, count = 0, 0
+    for row, lab in zip(s, label):
+        if ignore_label is not None and lab == ignore_label:
+            continue
+        count += 1
+        hits += int((row > row[lab]).sum() < top_k)
+    return hits / count if count else 0.0
+
+
+def eltwise(xs, op="SUM", coeff=None):
+    if op == "PROD":
+        out = np.ones_like(xs[0])
+        for x in xs:
+            out = out * x
+        return out
+    if op == "MAX":
+        return np.maximum.reduce(xs)
+    coeff = coeff or [1.0] * len(xs)
+    return sum(c * x for c, x in zip(coeff, xs))
