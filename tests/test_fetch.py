@@ -223,3 +223,17 @@ def test_script_fetches_and_unpacks_from_mirror(server, tmp_path, capsys):
     assert err.startswith("error:") and "expected 405fc5acd08a3bb12de8ee5e23a96bec22f08204" in err
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "bvlc_googlenet.caffemodel").exists()
+
+
+def test_server_gone_after_partial_download_keeps_part(server, tmp_path):
+    body = payload(80_000, 6)
+    server.files["/f"] = body
+    server.drop_once.add("/f")
+    server.drop_after = 30_000
+    with pytest.raises(CaffeCamError):
+        download(server.base + "/f", tmp_path / "f", progress=False, retries=0)
+    server.shutdown()
+    server.server_close()
+    with pytest.raises(CaffeCamError, match=r"cannot connect.*30000 bytes kept in .*f\.part, run again to resume"):
+        download(server.base + "/f", tmp_path / "f", progress=False)
+    assert (tmp_path / "f.part").read_bytes() == body[:30_000] and not (tmp_path / "f").exists()
