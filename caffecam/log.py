@@ -4,6 +4,7 @@ The message forms and their order are those of Caffe's solver.cpp / sgd_solver.c
 so that Caffe's own tools/extra/parse_log.py reads our logs and we read logs written by real Caffe.
 """
 
+import bisect
 import csv
 import datetime as _dt
 import io
@@ -20,14 +21,10 @@ from caffecam.prototxt import atomic_write_bytes
 
 def fmt_num(x):
     """A number as C++ `std::ostream << x` prints it with default flags: %g with 6 significant digits."""
-    if isinstance(x, bool):
-        return str(int(x))
-    if isinstance(x, int):
-        return str(x)
-    return f"{float(x):g}"
+    return str(int(x)) if isinstance(x, int) else f"{float(x):g}"
 
 
-# Source locations as in Caffe 1.0's logs; only cosmetic (no reader depends on them).
+# Source locations as in Caffe 1.0's logs; cosmetic (no reader depends on them).
 SRC = {
     "solving": "solver.cpp:279", "policy": "solver.cpp:280", "restore": "solver.cpp:290",
     "testing": "solver.cpp:330", "test_out": "solver.cpp:397", "iteration": "solver.cpp:218",
@@ -39,13 +36,14 @@ SRC = {
 class CaffeLogger:
     """Writes glog-style lines `Immdd hh:mm:ss.uuuuuu  PID file:line] message` to a stream and a log file.
 
-    stream: a file-like object (default sys.stderr), a callable taking one line without newline (e.g. tqdm.write,
-    so that lines do not tear a progress bar), or None for file only. The log file is opened for append,
-    line-buffered and flushed after every line, so a crash loses nothing and `tail -f` shows progress.
+    stream: a file-like object (default: sys.stderr as it is at each write), a callable taking a line without
+    its newline (e.g. tqdm.write, so lines do not tear a progress bar), or None for the file only. The file is
+    opened for append, line-buffered and flushed after every line: a crash loses nothing, `tail -f` shows progress.
     year=True writes the newer glog prefix `I20261124 12:59:13.336908` (Caffe's parse_log.py cannot read it).
+    clock: a callable returning a datetime (tests); default datetime.now.
     """
 
-    def __init__(self, log_path=None, stream=sys.stderr, year=False, clock=None):
+    def __init__(self, log_path=None, stream="stderr", year=False, clock=None):
         self.log_path = Path(log_path) if log_path is not None else None
         self.stream = stream
         self.year = year
@@ -59,7 +57,6 @@ class CaffeLogger:
                 raise CaffeCamError(f"{self.log_path}: cannot open the training log for writing ({exc}); "
                                     "check the snapshot_prefix folder is writable") from exc
 
-    # -- plumbing -------------------------------------------------------------------------------------------
     def _prefix(self, severity, src):
         now = self._clock()
         date = now.strftime("%Y%m%d" if self.year else "%m%d")
@@ -71,12 +68,13 @@ class CaffeLogger:
         if self._file is not None:
             self._file.write(line + "\n")
             self._file.flush()
-        if self.stream is not None:
-            if callable(self.stream) and not hasattr(self.stream, "write"):
-                self.stream(line)
+        stream = sys.stderr if isinstance(self.stream, str) and self.stream == "stderr" else self.stream
+        if stream is not None:
+            if callable(stream) and not hasattr(stream, "write"):
+                stream(line)
             else:
-                self.stream.write(line + "\n")
-                self.stream.flush()
+                stream.write(line + "\n")
+                stream.flush()
         return line
 
     def info(self, msg, src="solver.cpp:100"):
@@ -149,9 +147,7 @@ class CaffeLogger:
         return self.info("Optimization Done.", SRC["done"])
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# Parser
-# ------------------------------------------------------------------------------------------------------------------
+# -- parser ---------------------------------------------------------------------------------------------------------
 _VAL = r"[-+]?(?:nan|inf(?:inity)?|\d+\.?\d*(?:e[-+]?\d+)?|\.\d+(?:e[-+]?\d+)?)"
 _PREFIX = re.compile(r"([IWEF])(\d{8}|\d{4}) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?\s+\d+ [^\]\s]*\] ?(.*)")
 _MESSAGES = [
@@ -221,19 +217,22 @@ class _Clock:
         self.year, self.last_month = 2000, None
 
     def __call__(self, date, hh, mm, ss, frac):
-        if len(date) == 8:
-            year, month, day = int(date[:4]), int(date[4:6]), int(date[6:])
-        else:
-            month, day = int(date[:2]), int(date[2:])
+        year, month, day = (int(date[:4]), int(date[4:6]), int(date[6:])) if len(date) == 8 else \
+            (None, int(date[:2]), int(date[2:]))
+        if not (1 <= month <= 12 and 1 <= day <= 31):
+            return None  # not a date: not a glog line
+        if year is None:
             if self.last_month is not None and month < self.last_month:
                 self.year += 1
             year = self.year
-        self.last_month = month
+            if (month, day) == (2, 29) and year % 4:
+                month, day = 3, 1  # 29 Feb in a guessed year that has none
         micro = int((frac or "0").ljust(6, "0"))
         try:
             t = _dt.datetime(year, month, day, int(hh), int(mm), int(ss), micro)
-        except ValueError:  # 29 Feb in a guessed non-leap year, or garbage
-            t = _dt.datetime(year, month, 28, int(hh), int(mm), int(ss), micro) + _dt.timedelta(days=day - 28)
+        except ValueError:
+            return None
+        self.last_month = month
         return t
 
 
@@ -241,7 +240,9 @@ def _read_lines(path_or_lines):
     if isinstance(path_or_lines, (str, os.PathLike)):
         try:
             with open(path_or_lines, encoding="utf-8", errors="replace", newline="") as f:
-                return str(path_or_lines), f.read().splitlines(keepends=True)
+                pieces = f.read().split("\n")  # only \n ends a line; a progress bar's \r does not
+            lines = [p + "\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+            return str(path_or_lines), lines
         except OSError as exc:
             raise CaffeCamError(f"{path_or_lines}: cannot read the training log ({exc.strerror})") from exc
     return "<lines>", list(path_or_lines)
@@ -270,8 +271,9 @@ def parse_log(path_or_lines, lr_mode="iteration"):
     lr_events = []
     for lineno, raw in enumerate(lines, 1):
         m = _PREFIX.match(raw.rstrip("\r\n").rsplit("\r", 1)[-1])  # text after a progress bar's last \r
-        if m:
-            _parse_message(out, st, lr_events, clock(*m.group(2, 3, 4, 5, 6)), m.group(7).strip(), lineno)
+        t = clock(*m.group(2, 3, 4, 5, 6)) if m else None
+        if t is not None:
+            _parse_message(out, st, lr_events, t, m.group(7).strip(), lineno)
     out.runs = st["run"] + 1
     _merge_runs(out, lr_events)
     _assign_lr(out.train, lr_events, lr_mode)
@@ -363,17 +365,21 @@ def _assign_lr(rows, lr_events, mode):
     if not lr_events:
         return
     if mode == "parse_log":
+        lines = [e.line for e in lr_events]  # in file order
         for row in rows:
-            before = [e.value for e in lr_events if e.line < row.line]
-            row.lr = before[-1] if before else math.nan
+            k = bisect.bisect_left(lines, row.line)
+            row.lr = lr_events[k - 1].value if k else math.nan
         if len(rows) > 1:
             rows[0].lr = rows[1].lr
         return
     by_iter = sorted(lr_events, key=lambda e: (e.iter, e.line))
+    iters = [e.iter for e in by_iter]
+    same = {}
+    for e in by_iter:
+        same.setdefault((e.run, e.iter), e.value)
     for row in rows:
-        same = [e for e in by_iter if e.iter == row.iter and e.run == row.run]
-        earlier = [e for e in by_iter if e.iter < row.iter]
-        row.lr = same[0].value if same else earlier[-1].value if earlier else by_iter[0].value
+        k = bisect.bisect_left(iters, row.iter)  # by_iter[k - 1] is the latest lr logged before this iteration
+        row.lr = same.get((row.run, row.iter), by_iter[k - 1].value if k else by_iter[0].value)
 
 
 def _csv_bytes(rows, names):

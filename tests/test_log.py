@@ -293,3 +293,23 @@ def test_empty_and_missing(tmp_path):
         parse_log(tmp_path / "missing.log")
     with pytest.raises(ValueError):
         parse_log([], lr_mode="caffe")
+
+
+def test_default_stream_is_current_stderr(capsys):
+    CaffeLogger(clock=fake_clock()).done()
+    err = capsys.readouterr().err
+    assert err.startswith("I0411 20:19:03.141291 ") and err.endswith("solver.cpp:315] Optimization Done.\n")
+
+
+def test_file_with_progress_bar_garbage_dates_and_leap_day(tmp_path):
+    log = tmp_path / "tee.log"
+    log.write_bytes(
+        b"I0228 23:59:59.000000  7 solver.cpp:279] Solving n\n"
+        b"\r 10%|#         | 1/10 [00:01<00:09]\r                \rI0229 00:00:09.000000  7 solver.cpp:228] "
+        b"Iteration 0, loss = 4\n"
+        b"I9931 00:00:10.000000  7 solver.cpp:228] Iteration 5, loss = 3\n"  # not a date: skipped
+        b"I0301 00:00:19.500000  7 solver.cpp:228] Iteration 10, loss = 2\n"
+        b"\r 20%|##        | 2/10 [00:02<00:08]")
+    p = parse_log(log)
+    assert p.loss == [(0, 10.0, 4.0), (10, 86400 + 20.5, 2.0)]  # 2000 (the guessed year) has a 29 February
+    assert p.warnings == [f"{log}:5: last line is incomplete (cut off while written); ignored"]
