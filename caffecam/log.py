@@ -175,6 +175,9 @@ class Row:
     line: int = 0
     last_index: int = field(default=-1, repr=False)
 
+    def as_dict(self):
+        return {"NumIters": self.iter, "Seconds": self.seconds, "LearningRate": self.lr, **self.values}
+
 
 @dataclass
 class ParsedLog:

@@ -189,6 +189,8 @@ def test_our_log_read_by_caffe_regexes_and_ours(tmp_path):
     assert ours.loss_weights == {"loss3/loss3": 1.0}
     assert (ours.net_name, ours.lr_policy, ours.runs, ours.done) == ("GoogLeNet-CAM", "step", 1, True)
     assert ours.warnings == []
+    assert ours.test[1].as_dict() == {"NumIters": 20, "Seconds": 2.5, "LearningRate": 0.01, "loss3/loss3": 2.3,
+                                      "loss3/top-1": 0.2, "loss3/top-5": 0.5}
     assert ours.series("test", "loss3/top-1") == ([0, 20, 40, 60], [0.1, 0.2, 0.3, 0.4])
 
 
