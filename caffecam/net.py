@@ -47,7 +47,7 @@ class Net(nn.Module):
         self.layer_params, self.input_blobs, self.blob_shapes = [], [], OrderedDict()
         self.layers = nn.ModuleList()
         self.loss_weights = OrderedDict()
-        consumed = set()
+        available = set()  # Caffe's net outputs: each layer removes its bottoms, then adds its tops
         for name, shape in netparam.legacy_inputs(net_param):
             self.input_blobs.append(name)
             self.blob_shapes[name] = input_shapes.get(name, shape)
@@ -63,13 +63,14 @@ class Net(nn.Module):
                     raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): bottom blob '{missing[0]}' is not produced "
                                         "by any earlier layer or input")
                 bottom_shapes = [self.blob_shapes[b] for b in lp.bottom]
-                consumed.update(lp.bottom)
+                available.difference_update(lp.bottom)
             layer = make_layer(lp, bottom_shapes, phase, generator)
             if len(layer.top_shapes) != len(lp.top):
                 raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): has {len(lp.top)} tops, expects "
                                     f"{len(layer.top_shapes)}")
             if len(lp.param) > len(layer.blobs):
                 raise CaffeCamError(f"layer '{lp.name}': {len(lp.param)} param specs for {len(layer.blobs)} blobs")
+            available.update(lp.top)
             for i, (top, shape) in enumerate(zip(lp.top, layer.top_shapes)):
                 self.blob_shapes[top] = shape
                 weight = lp.loss_weight[i] if i < len(lp.loss_weight) else (
@@ -83,8 +84,8 @@ class Net(nn.Module):
         if not self.layers:
             raise CaffeCamError(f"net '{self.name}': no layers in phase {caffe_pb2.Phase.Name(phase)}")
         self.layer_by_name = OrderedDict((lp.name, layer) for lp, layer in zip(self.layer_params, self.layers))
-        # Caffe's net outputs: blobs no layer consumes, in lexicographic order of name.
-        self.output_blobs = sorted(set(self.blob_shapes) - consumed - set(self.input_blobs))
+        # Caffe's net outputs: blobs no later layer consumes (an in-place layer's top counts), sorted by name.
+        self.output_blobs = sorted(available - set(self.input_blobs))
 
     def _input_shapes(self, lp, given):
         if lp.type == "Input":
