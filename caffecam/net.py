@@ -83,6 +83,10 @@ class Net(nn.Module):
             self.layers.append(layer)
         if not self.layers:
             raise CaffeCamError(f"net '{self.name}': no layers in phase {caffe_pb2.Phase.Name(phase)}")
+        unknown = sorted(set(input_shapes) - set(self.input_blobs))
+        if unknown:
+            raise CaffeCamError(f"net '{self.name}': input_shapes names '{unknown[0]}', which is not an input of this "
+                                f"net in phase {caffe_pb2.Phase.Name(phase)} (inputs: {', '.join(self.input_blobs)})")
         self.layer_by_name = OrderedDict((lp.name, layer) for lp, layer in zip(self.layer_params, self.layers))
         # Caffe's net outputs: blobs no later layer consumes (an in-place layer's top counts), sorted by name.
         self.output_blobs = sorted(available - set(self.input_blobs))
@@ -97,8 +101,13 @@ class Net(nn.Module):
                 raise CaffeCamError(f"layer '{lp.name}' (Input): {len(lp.top)} tops but {len(p.shape)} shapes")
         else:
             shapes = data_layer_shapes(lp)
-        if all(t in given for t in lp.top):
-            shapes = [given[t] for t in lp.top]
+        if lp.type != "Input" and lp.top and lp.top[0] in given:
+            # Data/ImageData given the data shape alone: a label top follows its batch size.
+            data = given[lp.top[0]]
+            shapes = [data] + [given.get(t, (data[0],)) for t in lp.top[1:]]
+        elif any(t in given for t in lp.top):
+            shapes = [given.get(t, s) for t, s in zip(lp.top, shapes or [None] * len(lp.top))]
+            shapes = None if None in shapes else shapes
         if shapes is None:
             raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): input size unknown; set transform_param.crop_size "
                                 "or new_height/new_width, or pass input_shapes")
