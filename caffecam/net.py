@@ -138,6 +138,11 @@ class Net(nn.Module):
             if len(feeds) != 1:
                 raise CaffeCamError(f"net '{self.name}' has inputs {self.input_blobs}; pass a dict")
             inputs = {feeds[0]: inputs}
+        if end is not None and end not in self.layer_by_name:
+            raise CaffeCamError(f"net '{self.name}': no layer named '{end}' to stop at")
+        missing = [b for b in self.input_blobs if b not in inputs]
+        if missing:
+            raise CaffeCamError(f"net '{self.name}': input blob '{missing[0]}' was not given")
         blobs = dict(inputs)
         for lp, layer in zip(self.layer_params, self.layers):
             if lp.type in INPUT_TYPES:
