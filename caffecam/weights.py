@@ -76,7 +76,7 @@ def copy_weights(net, source, path="weights"):
     """Copy blobs into `net` by exact layer name, as Caffe's fine-tuning does; returns a CopyReport.
 
     `source` is a NetParameter (from read_caffemodel). Legacy V1 blobs are 4-D (a bias is 1×1×1×N, an
-    InnerProduct weight 1×1×N×K): those are matched by element count and reshaped.
+    InnerProduct weight 1×1×N×K): those are matched against the shape padded with leading 1s and reshaped.
     """
     report = CopyReport()
     seen = set()
@@ -93,7 +93,8 @@ def copy_weights(net, source, path="weights"):
                                 "in the net; rename the layer in the prototxt to train it from scratch")
         for i, (array, param) in enumerate(zip(arrays, layer.blobs)):
             target = tuple(param.shape)
-            legacy = array.ndim == 4 and array.shape != target and array.size == param.numel() and len(target) != 4
+            # Caffe's legacy rule: 4-D dims equal the net's shape left-padded with 1s (bias 1×1×1×N, IP 1×1×N×K).
+            legacy = array.ndim == 4 and len(target) < 4 and array.shape == (1,) * (4 - len(target)) + target
             if array.shape != target and not legacy:
                 raise CaffeCamError(f"{path}: layer '{name}' blob {i}: shape {tuple(array.shape)} in the weights, "
                                     f"{target} in the net; rename the layer in the prototxt to learn it afresh")
@@ -127,4 +128,7 @@ def net_to_proto(net):
 
 def save_caffemodel(net, path):
     """Write `net`'s weights as a current-format .caffemodel (atomically: temp file, then rename)."""
-    write_binary(path, net_to_proto(net))
+    try:
+        write_binary(path, net_to_proto(net))
+    except OSError as exc:
+        raise CaffeCamError(f"{path}: cannot write ({exc.strerror or exc})") from None
