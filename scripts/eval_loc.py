@@ -1,0 +1,60 @@
+"""Localization scores of a CAM net, as the CAM paper reports them: top-1 classification accuracy, top-1
+localization accuracy (right class and IoU >= 0.5) and ground-truth-known localization accuracy."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import json
+
+from caffecam.errors import CaffeCamError, main_guard
+from caffecam.images import read_list_file
+from caffecam.localize import evaluate_localization, format_summary, parse_thresholds, read_boxes
+from caffecam.prototxt import atomic_write_bytes
+from scripts.cam import add_model_args, check_common, load_model
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description=__doc__ + "\nThe box of a map is the box around its largest region above --box-threshold × its "
+                              "maximum;\n--thresholds sweeps that fraction.",
+        epilog="example:\n  scripts/eval_loc.py --model prototxt/demo_deploy.prototxt --weights "
+               "snapshots/demo/demo_iter_600.caffemodel \\\n      --labels data/demo/class_labels.csv --list "
+               "data/demo/val.txt --root data/demo --boxes data/demo/boxes.csv \\\n      --thresholds 0.1:0.5:0.05 "
+               "--json results/demo/loc.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list", required=True, help="ImageData list file (`path label` per line)")
+    p.add_argument("--boxes", required=True, help="boxes.csv: `path x1 y1 x2 y2` per line (x2, y2 exclusive)")
+    p.add_argument("--json", metavar="PATH", help="also write the scores to PATH as JSON")
+    add_model_args(p)
+    return p
+
+
+@main_guard
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_common(args)
+    thresholds = parse_thresholds(args.thresholds) if args.thresholds else [args.box_threshold]
+    items = read_list_file(args.list, args.root)
+    if not items:
+        raise CaffeCamError(f"{args.list}: no images listed")
+    boxes = read_boxes(args.boxes, args.root)
+    model = load_model(args)
+    summary = evaluate_localization(model, items, boxes, thresholds, main_threshold=args.box_threshold,
+                                    batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+    for line in format_summary(summary):
+        print(line)
+    if summary["unscored"]:
+        print(f"not scored (no box in {args.boxes}): {summary['unscored']} image(s)")
+    if args.json:
+        atomic_write_bytes(args.json, (json.dumps(summary, indent=1) + "\n").encode())
+        print(f"scores written to {args.json}")
+    if summary["failures"]:
+        raise CaffeCamError(f"{len(summary['failures'])} image(s) could not be read (listed above); the scores "
+                            "leave them out")
+
+
+if __name__ == "__main__":
+    main()
