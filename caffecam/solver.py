@@ -1,0 +1,396 @@
+"""Caffe's Solver on PyTorch: Solve/Step/Test/Snapshot/Restore in Caffe's order, with Caffe's log lines.
+
+One iteration (Solver::Step): test when iter % test_interval == 0 (and iter > 0 or test_initialization); iter_size
+forward/backward passes (loss = their mean; the smoothed loss is over the last average_loss iterations); display;
+the update (sgd.py, rate from lr_policy.py); iter += 1; snapshot when iter % snapshot == 0.
+Determinism: random_seed seeds the fillers, the data stream (data.py: a function of seed and batch number) and
+dropout (the RNG is re-seeded from (seed, rank, iter) every iteration), so a resume continues the same run: the data
+feeds restart at batch iter·iter_size, the test feeds after the test phases already run.
+"""
+
+import contextlib
+import math
+import secrets
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from caffecam import lr_policy, sgd, solver_nets
+from caffecam.errors import CaffeCamError
+from caffecam.net import Net
+from caffecam.proto import caffe_pb2
+from caffecam.prototxt import read_binary, write_binary
+from caffecam.weights import array_to_blob, blob_to_array, copy_weights, read_caffemodel, save_caffemodel
+
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+
+
+def data_feeds(workers=2, prefetch=4):
+    """The default feed factory: caffecam.data's BatchFeeds of the net's Data/ImageData layers."""
+
+    def factory(net_param, phase, seed, rank, world_size, start_batch):
+        from caffecam.data import make_feeds
+
+        return make_feeds(net_param, phase, seed=seed, rank=rank, world_size=world_size, workers=workers,
+                          prefetch=prefetch, start_batch=start_batch)
+
+    return factory
+
+
+def _iteration_seed(seed, rank, it):
+    return int(np.random.SeedSequence([seed, rank, it]).generate_state(1, np.uint64)[0])
+
+
+class Solver:
+    """Solver(solver_param, solver_path, device, logger): builds the TRAIN net and the TEST nets (sharing weights).
+
+    feeds: factory(net_param, phase, seed, rank, world_size, start_batch) -> [feed] (default: caffecam.data).
+    group: a caffecam.distributed.Group when running under torchrun (rank 0 logs, tests and snapshots).
+    on_iteration: called with the iteration number after every update (progress bars).
+    """
+
+    def __init__(self, solver_param, solver_path="solver.prototxt", device="cpu", logger=None, rank=0, world_size=1,
+                 feeds=None, workers=2, channels_last=False, bf16=False, group=None, on_iteration=None):
+        sp = self.sp = solver_param
+        self.where = str(solver_path)
+        self.device = torch.device(device)
+        self.log = logger
+        self.rank, self.world_size, self.group = rank, world_size, group
+        self.root = rank == 0
+        self.channels_last, self.on_iteration = channels_last, on_iteration
+        self.bf16 = bf16 and self.device.type == "cuda"
+        solver_nets.check_numbers(sp, self.where)
+        lr_policy.check(sp, self.where)
+        self.kind = sgd.solver_type(sp, self.where)
+        self.prefix = solver_nets.snapshot_prefix(sp, self.where)
+        self.seed = sp.random_seed if sp.random_seed >= 0 else secrets.randbits(62)
+        if group is not None and sp.random_seed < 0:
+            self.seed = group.broadcast_int(self.seed)  # every rank must cut the same data stream
+        self._feed_factory = feeds or data_feeds(workers)
+        self.iter, self.current_step = 0, 0
+        self.stop_requested, self.stopped = False, False
+        self._last_snapshot, self.last_snapshot_path = None, None
+        self.train_feeds, self.test_feeds, self.test_nets = [], [], []
+
+        train_param, train_state = solver_nets.train_net(sp, self.where)
+        self.train_param = train_param
+        self.train_feeds = self._open_feeds(train_param, TRAIN, 0)
+        self.net = Net(train_param, TRAIN, input_shapes=self._shapes(self.train_feeds), seed=self._filler_seed(),
+                       level=train_state.level, stages=tuple(train_state.stage))
+        self._check_fed(self.net, self.train_feeds)
+        self._prepare(self.net)
+        self.test_specs = solver_nets.test_nets(sp, self.where) if self.root else []
+        for param, state, _ in self.test_specs:
+            feeds = self._open_feeds(param, TEST, 0)
+            net = Net(param, TEST, input_shapes=self._shapes(feeds), seed=self._filler_seed(), level=state.level,
+                      stages=tuple(state.stage))
+            self._check_fed(net, feeds)
+            self._share_weights(net)
+            self._prepare(net)
+            self.test_nets.append(net)
+            self.test_feeds.append(feeds)
+
+        specs = self.net.param_specs()
+        for _, _, p, lr_mult, _ in specs:
+            p.requires_grad_(lr_mult != 0)  # Caffe computes no gradient for a blob with lr_mult 0
+        self.updater = sgd.Updater(sp, specs, self.where, log=self._info)
+        self._trainable = [specs[i][2] for i in self.updater.trainable]
+        if not self._trainable:
+            raise CaffeCamError(f"{self.where}: every parameter of net '{self.net.name}' has lr_mult 0: nothing to "
+                                "train")
+        if not self.net.loss_weights:
+            raise CaffeCamError(f"{self.where}: net '{self.net.name}' has no loss layer (e.g. SoftmaxWithLoss)")
+        self.batch_size = self.train_feeds[0].batch_size
+        self._losses, self.smoothed_loss = [], 0.0
+
+    # -- set-up helpers ------------------------------------------------------------------------------------------
+    def _info(self, msg):
+        if self.log is not None and self.root:
+            self.log.info(msg)
+
+    def _warn(self, msg):
+        if self.log is not None and self.root:
+            self.log.warning(msg)
+
+    def _filler_seed(self):
+        return self.sp.random_seed if self.sp.random_seed >= 0 else None
+
+    def _open_feeds(self, param, phase, start_batch):
+        return list(self._feed_factory(param, phase, self.seed, self.rank, self.world_size, start_batch))
+
+    @staticmethod
+    def _shapes(feeds):
+        shapes = {}
+        for f in feeds:
+            shapes.update(f.shapes)
+        return shapes
+
+    def _check_fed(self, net, feeds):
+        fed = {t for f in feeds for t in f.top_names}
+        missing = [b for b in net.input_blobs if b not in fed]
+        if missing:
+            phase = caffe_pb2.Phase.Name(net.phase)
+            raise CaffeCamError(f"{self.where}: net '{net.name}' ({phase}) has no Data/ImageData layer feeding "
+                                f"'{missing[0]}'; a net to train needs data layers (Input layers are for deploy)")
+
+    def _share_weights(self, test_net):
+        """Caffe's ShareTrainedLayersWith: a test layer with a train layer's name uses the same blobs."""
+        for name, layer in test_net.layer_by_name.items():
+            source = self.net.layer_by_name.get(name)
+            if source is None or not len(layer.blobs):
+                continue
+            for i, (mine, theirs) in enumerate(zip(layer.blobs, source.blobs)):
+                if mine.shape != theirs.shape:
+                    raise CaffeCamError(f"{self.where}: layer '{name}' blob {i} is {tuple(mine.shape)} in the test "
+                                        f"net but {tuple(theirs.shape)} in the train net")
+                layer.blobs[i] = theirs
+
+    def _prepare(self, net):
+        net.to(self.device)
+        if self.channels_last:
+            net.to(memory_format=torch.channels_last)
+
+    def _autocast(self):
+        if self.bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _inputs(self, feeds):
+        out = {}
+        for f in feeds:
+            for name, value in f.next().items():
+                t = torch.as_tensor(value).to(self.device, non_blocking=True)
+                if self.channels_last and t.dim() == 4:
+                    t = t.contiguous(memory_format=torch.channels_last)
+                out[name] = t
+        return out
+
+    def close(self):
+        for feeds in [self.train_feeds, *self.test_feeds]:
+            for f in feeds:
+                f.close()
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def request_stop(self):
+        """Finish the current iteration, snapshot and stop (what Ctrl-C and SIGTERM do)."""
+        self.stop_requested = True
+
+    def solve(self):
+        """Caffe's Solver::Solve: train up to max_iter; returns 'done' or 'stopped'."""
+        sp = self.sp
+        if self.log is not None and self.root:
+            self.log.solving(self.net.name)
+            self.log.lr_policy(sp.lr_policy)
+        if self.group is not None:
+            self.group.broadcast([p.data for p in self.net.parameters()] + self.updater.history)
+        start_iter = self.iter
+        self._losses, self.smoothed_loss = [], 0.0
+        self._step(sp.max_iter - self.iter, start_iter)
+        just_saved = self._last_snapshot == self.iter
+        if (self.stopped or sp.snapshot_after_train) and not just_saved and self.root:
+            self.snapshot()
+        if self.stopped:
+            if self.log is not None and self.root:
+                self.log.stopped_early()
+            return "stopped"
+        if sp.display and self.iter % sp.display == 0:
+            # Caffe's one more forward pass after the last update (not a training step).
+            with torch.no_grad(), self._autocast():
+                loss = float(self.net.loss(self.net(self._inputs(self.train_feeds))))
+            self._smooth(loss, start_iter)
+            if self.log is not None and self.root:
+                self.log.iteration(self.iter, self.smoothed_loss)
+        if sp.test_interval and self.iter % sp.test_interval == 0 and self.root:
+            self.test_all()
+        if self.log is not None and self.root:
+            self.log.done()
+        return "done"
+
+    def _smooth(self, loss, start_iter):
+        """Caffe's UpdateSmoothedLoss: a running mean over the last average_loss values."""
+        n = self.sp.average_loss
+        if len(self._losses) < n:
+            self._losses.append(loss)
+            self.smoothed_loss = (self.smoothed_loss * (len(self._losses) - 1) + loss) / len(self._losses)
+        else:
+            idx = (self.iter - start_iter) % n
+            self.smoothed_loss += (loss - self._losses[idx]) / n
+            self._losses[idx] = loss
+
+    def _step(self, iters, start_iter):
+        sp = self.sp
+        stop_iter = self.iter + iters
+        last_time, last_iter = time.perf_counter(), self.iter
+        while self.iter < stop_iter:
+            if (sp.test_interval and self.iter % sp.test_interval == 0 and (self.iter > 0 or sp.test_initialization)
+                    and self.root):
+                self.test_all()
+                if self.stop_requested and self.group is None:
+                    self.stopped = True
+                    break
+            display = sp.display and self.iter % sp.display == 0
+            torch.manual_seed(_iteration_seed(self.seed, self.rank, self.iter))  # dropout
+            for p in self._trainable:
+                p.grad = None
+            total = None
+            for _ in range(sp.iter_size):
+                with self._autocast():
+                    blobs = self.net(self._inputs(self.train_feeds))
+                    loss = self.net.loss(blobs)
+                loss.backward()
+                total = loss.detach().float() if total is None else total + loss.detach().float()
+            loss = self._sync(total / sp.iter_size)
+            if not math.isfinite(loss):
+                raise CaffeCamError(f"{self.where}: iteration {self.iter}: the loss is {loss}; training stopped "
+                                    f"(base_lr {sp.base_lr:g} is probably too high: lower it or set clip_gradients)")
+            self._smooth(loss, start_iter)
+            if display and self.log is not None and self.root:
+                now = time.perf_counter()
+                lapse = now - last_time
+                per_s = (self.iter - last_iter) / (lapse if lapse else 1)
+                self.log.iteration(self.iter, self.smoothed_loss, per_s, lapse, sp.display)
+                last_time, last_iter = now, self.iter
+                self._log_outputs("train", self.net, [blobs[b].detach() for b in self.net.output_blobs])
+            self._update(display)
+            self.iter += 1
+            if self.on_iteration is not None:
+                self.on_iteration(self.iter)
+            if sp.snapshot and self.iter % sp.snapshot == 0 and self.root:
+                self.snapshot()
+            if self.stop_requested:
+                self.stopped = True
+                break
+
+    def _sync(self, loss):
+        """The iteration's loss as a float; under torchrun also averages the gradients and agrees on stopping."""
+        if self.group is None:
+            return float(loss)
+        grads = self.updater.grads()
+        trainable = [grads[i] for i in self.updater.trainable]
+        extras = torch.stack([loss.reshape(()), torch.tensor(float(self.stop_requested), device=loss.device)])
+        loss_sum, stops = self.group.average_grads(trainable, extras)
+        self.stop_requested = stops > 0
+        return loss_sum / self.world_size
+
+    def _update(self, display):
+        """SGDSolver::ApplyUpdate: the rate for this iteration, then clip, normalize, regularize, update."""
+        rate, self.current_step, msg = lr_policy.learning_rate(self.sp, self.iter, self.current_step)
+        rate = float(np.float32(rate))
+        if msg:
+            self._info(msg)
+        if display and self.log is not None and self.root:
+            self.log.lr(self.iter, rate)
+        self.updater.step(rate, self.iter, self.sp.iter_size)
+
+    def _log_outputs(self, kind, net, tensors):
+        """`Train/Test net output #i: NAME = V` for every element of every net output (Caffe numbers elements)."""
+        values = torch.cat([t.float().reshape(-1) for t in tensors]).tolist() if tensors else []
+        write = self.log.train_output if kind == "train" else self.log.test_output
+        i = 0
+        for name, t in zip(net.output_blobs, tensors):
+            for _ in range(t.numel()):
+                write(i, name, values[i], net.loss_weights.get(name, 0))
+                i += 1
+
+    # -- testing -------------------------------------------------------------------------------------------------
+    def test_all(self):
+        for k in range(len(self.test_nets)):
+            self.test(k)
+
+    @torch.no_grad()
+    def test(self, k=0):
+        """Solver::Test: mean of each output over test_iter batches, logged as `Test net output #i`."""
+        net, feeds, n = self.test_nets[k], self.test_feeds[k], self.test_specs[k][2]
+        if self.log is not None:
+            self.log.testing(self.iter, k)
+        sums, loss = None, 0.0
+        for _ in range(n):
+            if self.stop_requested and self.group is None:
+                self._info("Test interrupted.")
+                return None
+            with self._autocast():
+                blobs = net(self._inputs(feeds))
+                if self.sp.test_compute_loss:
+                    loss += net.loss(blobs).float()
+            outs = [blobs[b].detach().float() for b in net.output_blobs]
+            sums = outs if sums is None else [s + o for s, o in zip(sums, outs)]
+        means = [s / n for s in sums]
+        if self.sp.test_compute_loss:
+            self._info(f"Test loss: {float(loss) / n:g}")
+        if self.log is not None:
+            self._log_outputs("test", net, means)
+        return {name: t.cpu() for name, t in zip(net.output_blobs, means)}
+
+    # -- snapshots -----------------------------------------------------------------------------------------------
+    def snapshot(self):
+        """Write <prefix>_iter_N.caffemodel and .solverstate (atomically); returns the .solverstate path."""
+        if self.sp.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO:
+            self._warn("snapshot_format HDF5 is not supported; writing binary proto snapshots")
+        model = f"{self.prefix}_iter_{self.iter}.caffemodel"
+        if self.log is not None:
+            self.log.snapshot(model)
+        save_caffemodel(self.net, model)
+        state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
+        for array in self.updater.history_arrays():
+            array_to_blob(array, state.history.add())
+        path = f"{self.prefix}_iter_{self.iter}.solverstate"
+        if self.log is not None:
+            self.log.solver_state(path)
+        write_binary(path, state)
+        self._last_snapshot, self.last_snapshot_path = self.iter, path
+        return path
+
+    def restore(self, path):
+        """Resume from a .solverstate: weights (learned_net), history, iter, current_step, data positions."""
+        if str(path).endswith(".h5"):
+            raise CaffeCamError(f"{path}: HDF5 solver states are not supported; use a .solverstate")
+        state = read_binary(path, caffe_pb2.SolverState, "solverstate")
+        if self.log is not None and self.root:
+            self.log.restoring(path)
+        if not state.HasField("iter") or state.iter < 0:
+            raise CaffeCamError(f"{path}: not a solver state (no iteration number)")
+        if state.learned_net:
+            stored = Path(state.learned_net)
+            beside = Path(path).parent / stored.name
+            model = stored if stored.is_file() else beside if beside.is_file() else None
+            if model is None:
+                raise CaffeCamError(f"{path}: its weights '{stored}' are missing (also looked for {beside}); "
+                                    "copy the .caffemodel next to the .solverstate")
+            report = copy_weights(self.net, read_caffemodel(model), str(model))
+            if report.fresh:
+                raise CaffeCamError(f"{model}: has no weights for layer(s) {', '.join(report.fresh[:5])} of net "
+                                    f"'{self.net.name}'; the snapshot is from another net")
+        self.updater.load_history([blob_to_array(b) for b in state.history], str(path))
+        self.iter, self.current_step = state.iter, state.current_step
+        self._last_snapshot = self.iter
+        self._reopen_feeds()
+
+    def _reopen_feeds(self):
+        """Restart the data where the run left it: the train feeds after iter·iter_size batches, each test feed
+        after the test phases already run (each of test_iter batches)."""
+        self.close()
+        self.train_feeds = self._open_feeds(self.train_param, TRAIN, self.iter * self.sp.iter_size)
+        tests = solver_nets.tests_before(self.sp, self.iter)
+        self.test_feeds = [self._open_feeds(param, TEST, tests * n) for param, _, n in self.test_specs]
+
+
+@contextlib.contextmanager
+def stop_on_signals(solver, log=None):
+    """While inside: SIGINT/SIGTERM ask `solver` to finish the iteration, snapshot and stop; a second one aborts."""
+    def handler(signum, frame):
+        if solver.stop_requested:
+            raise KeyboardInterrupt
+        solver.request_stop()
+        if log is not None:
+            name = signal.Signals(signum).name
+            log(f"{name} received: finishing this iteration, then writing a snapshot (again to abort without one)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,210 @@
+"""Train a Caffe net from a solver prototxt, as `caffe train` does (log, snapshots, resume), on PyTorch.
+
+Examples:
+  python scripts/train.py --solver prototxt/googlenet_cam_solver.prototxt --weights weights/bvlc_googlenet.caffemodel
+  python scripts/train.py --solver S.prototxt --snapshot snapshots/x_iter_1000.solverstate      (resume)
+  torchrun --nproc_per_node=4 scripts/train.py --solver S.prototxt                              (multi-GPU / node)
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import os
+import shlex
+
+import torch
+
+from caffecam import distributed, solver_nets
+from caffecam.errors import CaffeCamError, main_guard
+from caffecam.log import CaffeLogger
+from caffecam.proto import caffe_pb2
+from caffecam.prototxt import read_solver
+from caffecam.solver import Solver, stop_on_signals
+from caffecam.weights import load_weights
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        description="Train a net from a Caffe solver prototxt (mirrors `caffe train`). The log goes to stderr and "
+                    "to <snapshot_prefix folder>/train.log; snapshots to <snapshot_prefix>_iter_N.caffemodel and "
+                    ".solverstate. Ctrl-C or SIGTERM: finish the iteration, snapshot, stop.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    ap.add_argument("--solver", required=True, help="solver prototxt (paths in it are relative to the working "
+                                                    "directory, as in Caffe)")
+    ap.add_argument("--weights", help="fine-tune from these .caffemodel files (comma-separated; copied by layer name)")
+    ap.add_argument("--snapshot", help="resume from this .solverstate")
+    ap.add_argument("--gpu", help="GPU id (0), several ids (0,1: one process each) or 'all'; default: solver_mode")
+    ap.add_argument("--cpu", action="store_true", help="train on the CPU whatever solver_mode says")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="data loading processes per training process (default: from the CPU count)")
+    ap.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA (off by default: fidelity first)")
+    ap.add_argument("--log", help="training log file (appended; default <snapshot_prefix folder>/train.log)")
+    return ap.parse_args(argv)
+
+
+def gpu_ids(arg):
+    if arg is None:
+        return None
+    if arg == "all":
+        return list(range(torch.cuda.device_count()))
+    try:
+        return [int(x) for x in arg.split(",") if x != ""]
+    except ValueError:
+        raise CaffeCamError(f"--gpu {arg}: give a GPU id (0), a list (0,1) or 'all'") from None
+
+
+def maybe_relaunch(args, argv):
+    """`--gpu all` / `--gpu 0,1` outside torchrun: run again under torch.distributed.run, one process per GPU."""
+    if distributed.under_torchrun() or args.cpu or args.gpu is None:
+        return
+    ids = gpu_ids(args.gpu)
+    if len(ids) <= 1 or not torch.cuda.is_available():
+        return
+    if args.gpu != "all":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
+    print(f"relaunching under torch.distributed.run with {len(ids)} processes (one per GPU)", file=sys.stderr)
+    distributed.relaunch(Path(__file__).resolve(), argv, len(ids))
+
+
+def choose_device(sp, args, local_rank, warn):
+    if args.cpu:
+        return torch.device("cpu")
+    ids = gpu_ids(args.gpu)
+    if ids is None and sp.solver_mode != caffe_pb2.SolverParameter.GPU:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        asked = f"--gpu {args.gpu}" if args.gpu is not None else "solver_mode GPU"
+        warn(f"{asked} but CUDA is not available: training on the CPU")
+        return torch.device("cpu")
+    if distributed.under_torchrun():
+        index = local_rank
+    elif ids:
+        index = ids[0]
+    else:
+        index = sp.device_id
+    if index >= torch.cuda.device_count():
+        raise CaffeCamError(f"GPU {index} does not exist ({torch.cuda.device_count()} visible)")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def default_workers(world_size):
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, min(8, cpus // (2 * world_size)))
+
+
+class Progress:
+    """A tqdm bar (iterations, ETA, images/s) on a terminal only; log lines are written above it."""
+
+    def __init__(self, enabled, total, initial, images_per_iter):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="it", file=sys.stderr, dynamic_ncols=True,
+                            leave=False)
+            self.images_per_iter = images_per_iter
+
+    def write(self, line):
+        self.bar.write(line, file=sys.stderr)
+
+    def update(self, it):
+        if self.bar is not None:
+            self.bar.update(it - self.bar.n)
+            rate = self.bar.format_dict.get("rate")
+            if rate:
+                self.bar.set_postfix_str(f"{rate * self.images_per_iter:.1f} img/s", refresh=False)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def resume_command(args, state_path):
+    cmd = [sys.executable, "scripts/train.py", "--solver", args.solver, "--snapshot", state_path]
+    if args.cpu:
+        cmd.append("--cpu")
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+@main_guard
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.snapshot and args.weights:
+        raise CaffeCamError("give --snapshot to resume training or --weights to fine-tune, not both")
+    sp = read_solver(args.solver)
+    maybe_relaunch(args, argv)
+    rank, world, local_rank = distributed.env()
+    weights = args.weights or ",".join(sp.weights)
+    if weights and not args.snapshot:
+        solver_nets.check_weights(weights)
+    if args.snapshot and not Path(args.snapshot).is_file():
+        raise CaffeCamError(f"{args.snapshot}: solver state not found")
+    train_param, _ = solver_nets.train_net(sp, args.solver)
+    solver_nets.check_sources([train_param] + [p for p, _, _ in solver_nets.test_nets(sp, args.solver)])
+
+    log_path = Path(args.log) if args.log else Path(solver_nets.snapshot_prefix(sp, args.solver)).parent / "train.log"
+    progress = Progress(rank == 0 and sys.stderr.isatty(), sp.max_iter, 0, 0)
+    logger = None
+    if rank == 0:
+        logger = CaffeLogger(log_path, stream=progress.write if progress.bar is not None else sys.stderr)
+    warn = logger.warning if logger is not None else (lambda msg: None)
+    device = choose_device(sp, args, local_rank, warn)
+    if args.bf16 and device.type != "cuda":
+        warn("--bf16 applies to CUDA only; training in float32 on the CPU")
+    group = distributed.Group(device) if world > 1 else None
+    solver = None
+    try:
+        if logger is not None:
+            logger.info(f"Using {device} ({world} process{'es' if world > 1 else ''}); log file {log_path}")
+        workers = args.workers if args.workers is not None else default_workers(world)
+        solver = Solver(sp, args.solver, device, logger, rank=rank, world_size=world, workers=workers,
+                        channels_last=args.channels_last, bf16=args.bf16, group=group, on_iteration=progress.update)
+        per_process = solver.batch_size * sp.iter_size
+        if logger is not None:
+            sizes = f"{solver.batch_size} × iter_size {sp.iter_size}" if sp.iter_size > 1 else f"{solver.batch_size}"
+            logger.info(f"effective batch = {sizes} × {world} process{'es' if world > 1 else ''} = "
+                        f"{per_process * world} images per update")
+        progress.images_per_iter = per_process * world
+        if args.snapshot:
+            if logger is not None:
+                logger.info(f"Resuming from {args.snapshot}")
+            solver.restore(args.snapshot)
+        elif weights and rank == 0:
+            logger.info(f"Finetuning from {weights}")
+            load_weights(solver.net, weights, log=logger.info)
+        if progress.bar is not None:
+            progress.bar.reset(total=sp.max_iter)
+            progress.update(solver.iter)
+        with stop_on_signals(solver, warn):
+            result = solver.solve()
+        if group is not None:
+            same = group.check_identical([p.data for p in solver.net.parameters()])
+            if logger is not None:
+                (logger.info if same else logger.warning)(
+                    f"weights identical on all {world} processes: {'yes' if same else 'NO (report this bug)'}")
+        if result == "stopped" and logger is not None and solver.last_snapshot_path:
+            logger.info(f"To resume: {resume_command(args, solver.last_snapshot_path)}")
+    except CaffeCamError as exc:
+        if logger is not None:  # into the log file too; main_guard prints it to stderr
+            logger.stream = None
+            logger.log("E", str(exc), "solver.cpp:0")
+        raise
+    finally:
+        progress.close()
+        if solver is not None:
+            solver.close()
+        if group is not None:
+            group.close()
+        if logger is not None:
+            logger.close()
+    return 0
+
+
+if __name__ == "__main__":
+    main()
