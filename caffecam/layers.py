@@ -32,6 +32,12 @@ class Layer(nn.Module):
     def add_blob(self, shape, filler, generator):
         self.blobs.append(nn.Parameter(fill(shape, filler, generator, where=f"layer '{self.name}'")))
 
+    def need_hw_pairs(self, p, names):
+        """Caffe rejects a lone x_h or x_w for these fields (the other would silently be 0)."""
+        for name in names:
+            if p.HasField(f"{name}_h") != p.HasField(f"{name}_w"):
+                self.fail(f"give both {name}_h and {name}_w, or neither")
+
     def need_bottoms(self, shapes, n):
         if len(shapes) != n:
             self.fail(f"expects {n} bottom blob(s), got {len(shapes)}")
@@ -59,6 +65,7 @@ class Convolution(Layer):
         if len(shapes[0]) != 4 or p.axis not in (1, -3):
             self.fail(f"needs an N×C×H×W bottom, got {shapes[0]}")
         n, c, h, w = shapes[0]
+        self.need_hw_pairs(p, ("kernel", "stride"))
         self.kernel = _pair(p.kernel_size, p.kernel_h, p.kernel_w, p.HasField("kernel_h"), None, "kernel_size", self)
         if self.kernel[0] is None:
             self.fail("kernel_size is required")
@@ -112,6 +119,7 @@ class Pooling(Layer):
         if p.global_pooling:
             self.kernel, self.pad, self.stride = (h, w), (0, 0), (1, 1)
         else:
+            self.need_hw_pairs(p, ("kernel", "stride", "pad"))
             has_hw = p.HasField("kernel_h")
             if has_hw != p.HasField("kernel_w") or has_hw == p.HasField("kernel_size"):
                 self.fail("give kernel_size, or both kernel_h and kernel_w")
@@ -299,6 +307,7 @@ class SoftmaxWithLoss(Layer):
         logp = logp.movedim(self.axis, -1).reshape(-1, x.shape[self.axis])
         label = label.reshape(-1).long()
         valid = torch.ones_like(label, dtype=torch.bool) if self.ignore is None else label != self.ignore
+        _check_labels(self, label, valid, x.shape[self.axis])
         picked = logp.gather(1, torch.where(valid, label, 0)[:, None])[:, 0]
         total = -(picked * valid).sum()
         # Normalization: FULL = all predictions, VALID = non-ignored ones, BATCH_SIZE = outer count, NONE = 1.
@@ -317,6 +326,14 @@ class SoftmaxWithLoss(Layer):
         return tops
 
 
+def _check_labels(layer, label, valid, classes):
+    # An out-of-range label would be an index error here (a device-side assert on a GPU); Caffe aborts too.
+    bad = valid & ((label < 0) | (label >= classes))
+    if bool(bad.any()):
+        layer.fail(f"label {int(label[bad][0])} is out of range for {classes} classes; the classifier's num_output "
+                   "must exceed every label in the data")
+
+
 class Accuracy(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 2)
@@ -332,6 +349,7 @@ class Accuracy(Layer):
             scores = x.movedim(self.axis, -1).reshape(-1, x.shape[self.axis])
             label = label.reshape(-1).long()
             valid = torch.ones_like(label, dtype=torch.bool) if self.ignore is None else label != self.ignore
+            _check_labels(self, label, valid, x.shape[self.axis])
             true_score = scores.gather(1, torch.where(valid, label, 0)[:, None])
             # Correct when fewer than top_k classes score strictly higher than the true class.
             correct = ((scores > true_score).sum(1) < self.top_k) & valid
