@@ -440,3 +440,27 @@ def test_gradcheck_lrn(region):
     layer = build(f"name: 'n' type: 'LRN' lrn_param {{ local_size: 3 alpha: 0.5 beta: 0.75 norm_region: {region} }}",
                   [(1, 4, 3, 3)])
     _gradcheck_layer(layer, torch.from_numpy(rand(1, 4, 3, 3, seed=42)), with_params=False)
+
+
+@pytest.mark.parametrize("kind", ["SoftmaxWithLoss", "Accuracy"])
+def test_out_of_range_label_is_an_error(kind):
+    layer = build(f"name: 'lab' type: '{kind}' bottom: 'a' bottom: 'b' top: 'l'", [(2, 3), (2,)])
+    for bad in (5, -1):
+        with pytest.raises(CaffeCamError, match=rf"'lab'.*label {bad}.*3 classes"):
+            run(layer, rand(2, 3, seed=50), np.array([0, bad]))
+    ignoring = build(f"name: 'lab' type: '{kind}' bottom: 'a' bottom: 'b' top: 'l' "
+                     + ("loss_param" if kind == "SoftmaxWithLoss" else "accuracy_param") + " { ignore_label: -1 }",
+                     [(2, 3), (2,)])
+    (y,) = run(ignoring, rand(2, 3, seed=50), np.array([0, -1]))  # an ignored label may be out of range
+    assert np.isfinite(y)
+
+
+@pytest.mark.parametrize("text", [
+    "type: 'Convolution' convolution_param { num_output: 2 kernel_h: 3 }",
+    "type: 'Convolution' convolution_param { num_output: 2 kernel_size: 3 stride_w: 2 }",
+    "type: 'Pooling' pooling_param { kernel_size: 3 stride_w: 2 }",
+    "type: 'Pooling' pooling_param { kernel_size: 3 pad_h: 1 }",
+])
+def test_lone_h_or_w_field_is_an_error(text):
+    with pytest.raises(CaffeCamError, match=r"'hw'.*_h and .*_w"):
+        build(f"name: 'hw' {text}", [(1, 1, 7, 7)])
