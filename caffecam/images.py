@@ -212,14 +212,16 @@ def collect_inputs(inputs, root=None):
 
 def output_stems(paths):
     """A distinct output name per path: the file stem, with parent folder names prepended where stems clash."""
-    parts = [Path(os.path.normpath(p)).with_suffix("").parts for p in paths]
+    full = [os.path.normpath(p) for p in paths]
+    parts = [Path(p).with_suffix("").parts for p in full]
     depth = [1] * len(parts)
     while True:
         names = ["__".join(pp[-d:]) for pp, d in zip(parts, depth)]
-        counts = {}
-        for name in names:
-            counts[name] = counts.get(name, 0) + 1
-        clash = [i for i, name in enumerate(names) if counts[name] > 1 and depth[i] < len(parts[i])]
+        groups = {}
+        for i, name in enumerate(names):
+            groups.setdefault(name, []).append(i)
+        clash = [i for group in groups.values() if len({full[j] for j in group}) > 1 for i in group
+                 if depth[i] < len(parts[i])]
         if not clash:
             break
         for i in clash:
