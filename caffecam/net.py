@@ -64,6 +64,14 @@ class Net(nn.Module):
                                         "by any earlier layer or input")
                 bottom_shapes = [self.blob_shapes[b] for b in lp.bottom]
                 available.difference_update(lp.bottom)
+            if any(lp.name == seen.name for seen in self.layer_params):
+                raise CaffeCamError(f"layer '{lp.name}': another layer of phase {caffe_pb2.Phase.Name(phase)} has "
+                                    "this name; weights are matched by name, so rename one of them")
+            for i, top in enumerate(lp.top):
+                # Caffe: only an in-place layer (top i named as bottom i) may write a blob that already exists.
+                if top in self.blob_shapes and not (i < len(lp.bottom) and lp.bottom[i] == top):
+                    raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): top blob '{top}' is already produced by "
+                                        "an earlier layer or input; rename the top")
             layer = make_layer(lp, bottom_shapes, phase, generator)
             if len(layer.top_shapes) != len(lp.top):
                 raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): has {len(lp.top)} tops, expects "
