@@ -305,3 +305,23 @@ def test_consumers_and_producer():
     assert [lp.name for lp in net.consumers("conv")] == ["relu", "pool"]
     assert net.producer("conv").name == "relu" and net.producer("prob").name == "prob"
     assert net.producer("nothing") is None
+
+
+HEAD = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 7 dim: 7 } } }\n'
+
+
+def test_top_produced_twice_is_an_error():
+    with pytest.raises(CaffeCamError, match=r"'b'.*'x'.*already produced"):
+        Net(netp(HEAD + 'layer { name: "a" type: "ReLU" bottom: "data" top: "x" } '
+                        'layer { name: "b" type: "Softmax" bottom: "data" top: "x" }'))
+    # In place means top i named as bottom i, as in Caffe.
+    with pytest.raises(CaffeCamError, match=r"'s'.*'data'"):
+        Net(netp(HEAD + 'layer { name: "s" type: "Split" bottom: "data" top: "copy" top: "data" }'))
+    net = Net(netp(HEAD + 'layer { name: "r" type: "ReLU" bottom: "data" top: "data" }'))
+    assert net.blob_shapes["data"] == (1, 3, 7, 7)
+
+
+def test_duplicate_layer_names_in_one_phase_are_an_error():
+    with pytest.raises(CaffeCamError, match=r"'a'.*rename"):
+        Net(netp(HEAD + 'layer { name: "a" type: "ReLU" bottom: "data" top: "x" } '
+                        'layer { name: "a" type: "Softmax" bottom: "data" top: "y" }'))
