@@ -15,7 +15,6 @@ from caffecam.images import DEFAULT_MAX_PIXELS, collect_inputs
 from caffecam.localize import DEFAULT_BOX_THRESHOLD, format_summary, parse_thresholds, read_boxes
 from caffecam.prototxt import atomic_write_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
 AUTO_MODEL = "prototxt/googlenet_cam_deploy.prototxt"
 AUTO_SNAPSHOTS = "snapshots"
 AUTO_PREFIX = "googlenet_cam_iter_"
@@ -88,10 +87,9 @@ def newest_snapshot(folder, prefix):
 
 
 def resolve_auto(args):
-    """Fill --model/--weights/--labels from the project's layout; say what to run when something is missing."""
-    def rel(p):
-        return Path(p) if Path(p).exists() or not (ROOT / p).exists() else ROOT / p
-
+    """Fill --model/--weights/--labels from the project's layout (relative to the current folder, the project root
+    under `make`); say what to run when something is missing."""
+    rel = Path
     if args.model is None:
         args.model = rel(AUTO_MODEL)
         if not args.model.exists():
