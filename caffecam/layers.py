@@ -96,12 +96,12 @@ class Convolution(Layer):
         return [F.conv2d(x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)]
 
 
-def caffe_pool_out(size, k, s, p, ceil=True):
+def caffe_pool_out(size, k, s, p, ceil=True, padded=None):
     """Caffe's pooled size: ceil((H + 2p − k) / s) + 1 (floor for FLOOR), minus one if the last window starts
-    in the padding (only checked when p > 0)."""
+    in the padding. Caffe checks that in both dimensions when the layer has any padding (`padded`, default p > 0)."""
     num = size + 2 * p - k
     out = (-(-num // s) if ceil else num // s) + 1
-    if p > 0 and (out - 1) * s >= size + p:
+    if (p > 0 if padded is None else padded) and (out - 1) * s >= size + p:
         out -= 1
     return out
 
@@ -129,15 +129,16 @@ class Pooling(Layer):
         if any(pd >= k for pd, k in zip(self.pad, self.kernel)):
             self.fail(f"pad {self.pad} must be smaller than kernel {self.kernel}")
         self.ceil = ceil = p.round_mode == p.CEIL
-        self.out = tuple(caffe_pool_out(sz, k, s, pd, ceil) for sz, k, s, pd in zip((h, w), self.kernel, self.stride,
-                                                                                    self.pad))
+        self.padded = any(self.pad)
+        self.out = tuple(caffe_pool_out(sz, k, s, pd, ceil, self.padded)
+                         for sz, k, s, pd in zip((h, w), self.kernel, self.stride, self.pad))
         if min(self.out) < 1:
             self.fail(f"kernel {self.kernel} does not fit the {h}×{w} input")
         return [(n, c) + self.out]
 
     def forward(self, x):
         h, w = x.shape[-2:]
-        out = tuple(caffe_pool_out(sz, k, s, pd, self.ceil)
+        out = tuple(caffe_pool_out(sz, k, s, pd, self.ceil, self.padded)
                     for sz, k, s, pd in zip((h, w), self.kernel, self.stride, self.pad))
         # FLOOR sizes always agree with PyTorch's (Caffe's last-window check cannot fire when pad < kernel).
         torch_out = out if not self.ceil else tuple(
