@@ -37,11 +37,12 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1):
     return out
 
 
-def pool_out(size, k, s, p, ceil=True):
-    """Caffe: ceil((H + 2p − k)/s) + 1 (floor in FLOOR mode); then if p > 0 and (out−1)·s ≥ H + p, out −= 1."""
+def pool_out(size, k, s, p, ceil=True, padded=None):
+    """Caffe: ceil((H + 2p − k)/s) + 1 (floor in FLOOR mode); then if the layer has padding and (out−1)·s ≥ H + p,
+    out −= 1. Caffe's test is `pad_h || pad_w`: a padded layer clips both dimensions (`padded`, default p > 0)."""
     num = size + 2 * p - k
     out = (math.ceil(num / s) if ceil else math.floor(num / s)) + 1
-    if p > 0 and (out - 1) * s >= size + p:
+    if (p > 0 if padded is None else padded) and (out - 1) * s >= size + p:
         out -= 1
     return out
 
@@ -51,7 +52,8 @@ def pool2d(x, kernel, stride, pad, mode="MAX", ceil=True):
     initial value). AVE: sum over real cells / size of the window clipped to the padded extent [−p, H+p)."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
-    oh, ow = pool_out(h, kh, sh, ph, ceil), pool_out(w, kw, sw, pw, ceil)
+    padded = ph > 0 or pw > 0
+    oh, ow = pool_out(h, kh, sh, ph, ceil, padded), pool_out(w, kw, sw, pw, ceil, padded)
     out = np.zeros((n, c, oh, ow))
     for i in range(oh):
         for j in range(ow):

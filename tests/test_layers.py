@@ -130,6 +130,9 @@ POOL_CASES = [
     ("kernel_size: 2 stride: 3 pad: 1", (1, 2, 7, 8), (2, 2), (3, 3), (1, 1), True),  # k < s with pad
     ("kernel_size: 4 stride: 3 pad: 2", (1, 1, 10, 9), (4, 4), (3, 3), (2, 2), True),
     ("kernel_size: 1 stride: 2", (1, 1, 5, 5), (1, 1), (2, 2), (0, 0), True),  # k < s, sizes agree with PyTorch
+    # pad_h only: Caffe's last-window clip (`if (pad_h_ || pad_w_)`) also trims the unpadded width 3 -> 2.
+    ("kernel_h: 3 kernel_w: 1 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 0", (1, 2, 5, 6), (3, 1), (2, 3), (1, 0), True),
+    ("kernel_h: 2 kernel_w: 2 stride_h: 3 stride_w: 3 pad_h: 0 pad_w: 1", (1, 2, 6, 5), (2, 2), (3, 3), (0, 1), True),
 ]
 
 
@@ -195,6 +198,8 @@ def test_caffe_pool_out_sweep_and_googlenet_sizes():
     # GoogLeNet at 224: pool1 112 -> 56, pool2 56 -> 28, pool3 28 -> 14, CAM_pool 14 -> 1.
     assert [caffe_pool_out(n, 3, 2, 0) for n in (112, 56, 28)] == [56, 28, 14]
     assert caffe_pool_out(14, 14, 14, 0) == 1
+    # Width 6, kernel 1, stride 3, pad 0: 3 windows alone, 2 in a layer padded along the other dimension.
+    assert caffe_pool_out(6, 1, 3, 0) == 3 and caffe_pool_out(6, 1, 3, 0, padded=True) == 2
 
 
 def test_pooling_pad_not_below_kernel_is_an_error():
