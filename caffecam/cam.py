@@ -381,6 +381,15 @@ def iter_cams(model, items, top_k=1, batch_size=16, workers=None, label_maps=Fal
         yield from flush(group)
 
 
+THUMB = 200  # gallery cell height in pixels
+
+
+def _strip(image, maps, tops, alpha):
+    """One overlay panel per class (maps at image size), side by side."""
+    panels = [overlay(image, maps[k], alpha, _caption(t, k, len(tops)), t["box"]) for k, t in enumerate(tops)]
+    return panels[0] if len(panels) == 1 else np.hstack(panels)
+
+
 def _caption(top, rank, count):
     text = f"{top['class_name']} {top['prob']:.1%}"
     return f"#{rank + 1} {text}" if count > 1 else text
@@ -409,8 +418,7 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
         record = {"image": str(res.item.path), "width": w, "height": h, "top_k": tops}
         thumb = scored = None
         if draw:
-            panels = [overlay(res.image, up[k], alpha, _caption(t, k, len(tops)), t["box"]) for k, t in enumerate(tops)]
-            strip = panels[0] if len(panels) == 1 else np.hstack(panels)
+            strip = _strip(res.image, up, tops, alpha)
             if out_dir is not None:
                 ok, png = cv2.imencode(".png", strip, [cv2.IMWRITE_PNG_COMPRESSION, 1])
                 atomic_write_bytes(out_dir / f"{stem}_cam.png", png.tobytes())
@@ -419,10 +427,12 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
                     buf = io.BytesIO()
                     np.save(buf, np.ascontiguousarray(res.maps, np.float32))
                     atomic_write_bytes(out_dir / f"{stem}_cam.npy", buf.getvalue())
-            if gallery is not None:
-                scale = min(1.0, 200.0 / h)
-                thumb = cv2.resize(strip, (max(1, round(strip.shape[1] * scale)), max(1, round(h * scale))),
-                                   interpolation=cv2.INTER_AREA) if scale < 1 else strip
+            if gallery is not None:  # drawn again at thumbnail size, so its text is legible there
+                s = min(THUMB / h, 4 * THUMB / w)
+                tw, th = max(1, round(w * s)), max(1, round(h * s))
+                small = cv2.resize(res.image, (tw, th), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+                scaled = [dict(t, box=[round(v * s) for v in t["box"]]) for t in tops]
+                thumb = _strip(small, upsample_maps(res.maps, tw, th), scaled, alpha)
         gt = boxes.get(path_key(res.item.path)) if tally is not None else None
         if gt and res.label_map is not None:
             label = res.item.label
@@ -467,7 +477,7 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
             drain(*pending.popleft())
     bar.close()
     if gallery is not None and thumbs:
-        ok, png = cv2.imencode(".png", contact_sheet(thumbs, captions))
+        ok, png = cv2.imencode(".png", contact_sheet(thumbs, captions, cell=THUMB))
         atomic_write_bytes(gallery, png.tobytes())
     summary = None
     if tally is not None:

@@ -18,6 +18,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pbm", ".pgm", ".ppm",
               ".pnm", ".pxm", ".jp2", ".gif", ".exr", ".hdr", ".pic", ".sr", ".ras", ".avif"}
 LIST_EXTS = {".txt", ".lst", ".list"}
+MIN_TEXT_SIZE = 48
 
 
 class ImageLoadError(CaffeCamError):
@@ -262,12 +263,13 @@ def put_label(img, text, origin=(0, 0), max_width=None):
 
 def overlay(image, cam, alpha=0.5, text=None, box=None):
     """The image (H×W×3 BGR) blended with the jet heat map of `cam` (H×W): (1 − alpha)·image + alpha·heat, with the
-    box [x1, y1, x2, y2] (x2, y2 exclusive) in green and `text` on top. Same size as the image."""
+    box [x1, y1, x2, y2] (x2, y2 exclusive) in green and `text` on top. Same size as the image; the text is left
+    out of images under MIN_TEXT_SIZE pixels high or wide, which cannot hold a legible line."""
     out = cv2.addWeighted(image, 1.0 - alpha, heatmap(cam), alpha, 0.0)
     if box is not None:
         thick = max(1, round(min(image.shape[:2]) / 150))
         cv2.rectangle(out, (int(box[0]), int(box[1])), (int(box[2]) - 1, int(box[3]) - 1), (0, 255, 0), thick)
-    if text:
+    if text and min(image.shape[:2]) >= MIN_TEXT_SIZE:
         put_label(out, text)
     return out
 
