@@ -352,8 +352,9 @@ class Accuracy(Layer):
             valid = torch.ones_like(label, dtype=torch.bool) if self.ignore is None else label != self.ignore
             _check_labels(self, label, valid, x.shape[self.axis])
             true_score = scores.gather(1, torch.where(valid, label, 0)[:, None])
-            # Correct when fewer than top_k classes score strictly higher than the true class.
-            correct = ((scores > true_score).sum(1) < self.top_k) & valid
+            # Caffe: correct when fewer than top_k other classes score >= the true class (a tie counts against it;
+            # all scores equal is wrong at any top_k < classes).
+            correct = ((scores >= true_score).sum(1) - 1 < self.top_k) & valid
             return [correct.sum().to(x.dtype) / valid.sum().clamp(min=1).to(x.dtype)]
 
 
