@@ -131,7 +131,8 @@ def softmax_loss(x, label, ignore_label=None, normalization="VALID", axis=1):
 
 
 def accuracy(x, label, top_k=1, ignore_label=None, axis=1):
-    """Fraction of non-ignored positions whose true class has fewer than top_k classes scoring strictly higher."""
+    """Fraction of non-ignored positions where fewer than top_k other classes score >= the true class (Caffe's
+    count starts at −1 for the true class itself, so ties count against it)."""
     s = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
     label = label.reshape(-1).astype(int)
     hits, count = 0, 0
@@ -139,7 +140,7 @@ def accuracy(x, label, top_k=1, ignore_label=None, axis=1):
         if ignore_label is not None and lab == ignore_label:
             continue
         count += 1
-        hits += int((row > row[lab]).sum() < top_k)
+        hits += int((row >= row[lab]).sum() - 1 < top_k)
     return hits / count if count else 0.0
 
 

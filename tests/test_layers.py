@@ -341,20 +341,21 @@ def test_softmax_with_loss_spatial_and_prob_top():
 
 
 def test_accuracy_top_k_ties_and_ignore():
-    x = np.array([[1.0, 2.0, 2.0, 0.0],    # label 1: nobody strictly higher -> correct at top-1 despite the tie
-                  [1.0, 2.0, 2.0, 0.0],    # label 0: two strictly higher -> correct only at top-3
+    # Caffe (accuracy_layer.cpp/.cu): num_better = −1 + #classes scoring >= the true one; correct if < top_k.
+    x = np.array([[1.0, 2.0, 2.0, 0.0],    # label 1: tied with class 2 -> wrong at top-1, correct at top-2
+                  [1.0, 2.0, 2.0, 0.0],    # label 0: two higher -> correct only at top-3
                   [0.5, 0.1, 0.2, 0.9],    # label 3: correct
-                  [0.5, 0.5, 0.5, 0.5],    # label 2: all tied -> correct
+                  [0.5, 0.5, 0.5, 0.5],    # label 2: all tied -> wrong even at top-3
                   [3.0, 1.0, 2.0, 0.0]])   # label 3: three higher -> wrong even at top-3
     label = np.array([1, 0, 3, 2, 3])
-    for k, expect in ((1, 3 / 5), (2, 3 / 5), (3, 4 / 5)):
+    for k, expect in ((1, 1 / 5), (2, 2 / 5), (3, 3 / 5), (4, 1.0)):
         layer = build(f"name: 'acc' type: 'Accuracy' accuracy_param {{ top_k: {k} }}", [x.shape, label.shape])
         (y,) = run(layer, x, label)
         close(y, expect)
         close(y, ref.accuracy(x, label, k))
     layer = build("name: 'acc' type: 'Accuracy' accuracy_param { top_k: 1 ignore_label: 0 }", [x.shape, label.shape])
     (y,) = run(layer, x, label)
-    close(y, 3 / 4)
+    close(y, 1 / 4)
     xr, lr = rand(30, 6, seed=17), np.random.default_rng(2).integers(0, 6, 30)
     for k in (1, 2, 5):
         (y,) = run(build(f"name: 'acc' type: 'Accuracy' accuracy_param {{ top_k: {k} }}", [xr.shape, lr.shape]), xr, lr)
