@@ -46,7 +46,10 @@ def solver_type(sp, where="solver"):
 
 
 def _f32(x):
-    return float(F32(x))
+    """x rounded to float32. A product of two float32 values is exact in double, so _f32(a * b) is Caffe's float
+    multiplication."""
+    with np.errstate(over="ignore"):
+        return float(F32(x))
 
 
 class Updater:
@@ -107,11 +110,11 @@ class Updater:
             g = [grads[i] for i in idx]
             h = [self.history[i] for i in idx]
             h2 = [self.history[n + i] for i in idx] if kind in _TWO_HISTORIES else None
-            local_decay = _f32(F32(sp.weight_decay) * F32(decay_mult))
+            local_decay = _f32(_f32(sp.weight_decay) * decay_mult)
             if local_decay:
                 reg = w if sp.regularization_type == "L2" else torch._foreach_sign(w)
                 torch._foreach_add_(g, reg, alpha=local_decay)
-            local_rate = _f32(F32(rate) * F32(lr_mult))
+            local_rate = _f32(rate * lr_mult)
             update = getattr(self, "_" + kind.lower())(w, g, h, h2, local_rate, it)
             if update is not None:
                 torch._foreach_sub_(w, update)
@@ -135,13 +138,13 @@ class Updater:
         t = it + 1
         correction = _f32(math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t))
         torch._foreach_mul_(m, b1)
-        torch._foreach_add_(m, g, alpha=_f32(1 - F32(b1)))
+        torch._foreach_add_(m, g, alpha=_f32(1 - b1))
         torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, g, g, value=_f32(1 - F32(b2)))
+        torch._foreach_addcmul_(v, g, g, value=_f32(1 - b2))
         denom = torch._foreach_sqrt(v)
         torch._foreach_add_(denom, delta)
         update = torch._foreach_div(m, denom)
-        torch._foreach_mul_(update, _f32(F32(rate) * F32(correction)))
+        torch._foreach_mul_(update, _f32(rate * correction))
         return update
 
     def _adagrad(self, w, g, h, h2, rate, it):
@@ -151,7 +154,7 @@ class Updater:
     def _rmsprop(self, w, g, h, h2, rate, it):
         decay = _f32(self.sp.rms_decay)
         torch._foreach_mul_(h, decay)
-        torch._foreach_addcmul_(h, g, g, value=_f32(1 - F32(decay)))
+        torch._foreach_addcmul_(h, g, g, value=_f32(1 - decay))
         return self._scaled_by_rms(g, h, rate)
 
     def _scaled_by_rms(self, g, h, rate):
@@ -164,14 +167,14 @@ class Updater:
     def _adadelta(self, w, g, h, h2, rate, it):
         m, delta = _f32(self.sp.momentum), _f32(self.sp.delta)
         torch._foreach_mul_(h, m)
-        torch._foreach_addcmul_(h, g, g, value=_f32(1 - F32(m)))
+        torch._foreach_addcmul_(h, g, g, value=_f32(1 - m))
         num = torch._foreach_add(h2, delta)
         den = torch._foreach_add(h, delta)
         torch._foreach_div_(num, den)
         torch._foreach_sqrt_(num)
         d = torch._foreach_mul(g, num)
         torch._foreach_mul_(h2, m)
-        torch._foreach_addcmul_(h2, d, d, value=_f32(1 - F32(m)))
+        torch._foreach_addcmul_(h2, d, d, value=_f32(1 - m))
         torch._foreach_mul_(d, rate)
         return d
 

@@ -232,13 +232,15 @@ class Solver:
                     self.stopped = True
                     break
             display = sp.display and self.iter % sp.display == 0
-            torch.manual_seed(_iteration_seed(self.seed, self.rank, self.iter))  # dropout
             for p in self._trainable:
                 p.grad = None
             total = None
-            for _ in range(sp.iter_size):
+            for k in range(sp.iter_size):
+                inputs = self._inputs(self.train_feeds)
+                if k == 0:  # dropout's RNG; after fetching (a loader starting its workers draws from the RNG)
+                    torch.manual_seed(_iteration_seed(self.seed, self.rank, self.iter))
                 with self._autocast():
-                    blobs = self.net(self._inputs(self.train_feeds))
+                    blobs = self.net(inputs)
                     loss = self.net.loss(blobs)
                 loss.backward()
                 total = loss.detach().float() if total is None else total + loss.detach().float()
