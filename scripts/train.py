@@ -125,7 +125,9 @@ class Progress:
 
 
 def resume_command(args, state_path):
-    cmd = [sys.executable, "scripts/train.py", "--solver", args.solver, "--snapshot", state_path]
+    script = os.path.relpath(Path(__file__).resolve())
+    script = script if not script.startswith("..") else str(Path(__file__).resolve())
+    cmd = [sys.executable, script, "--solver", args.solver, "--snapshot", state_path]
     if args.cpu:
         cmd.append("--cpu")
     return " ".join(shlex.quote(c) for c in cmd)

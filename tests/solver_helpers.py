@@ -3,6 +3,7 @@ Caffe's solvers written from shared/caffe-format.md §2 and Caffe's update formu
 
 import io
 
+import cv2
 import numpy as np
 import torch
 
@@ -146,3 +147,31 @@ def reference(w, b, x, y, iters, batch, base_lr, kind="SGD", lr_mults=(1, 2), de
 def weights_of(solver):
     w, b = solver.net.params["ip"]
     return w.detach().numpy().astype(np.float64), b.detach().numpy().astype(np.float64)
+
+
+def write_images(folder, n=10, size=12, seed=0):
+    rng = np.random.default_rng(seed)
+    (folder / "img").mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        cv2.imwrite(str(folder / "img" / f"{i}.png"), rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        lines.append(f"img/{i}.png {i % 3}")
+    (folder / "list.txt").write_text("\n".join(lines) + "\n")
+
+
+IMAGE_NET = """name: "tinyimg"
+layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { mirror: true crop_size: 8 mean_value: 128 scale: 0.01 }
+  image_data_param { source: "DIR/list.txt" root_folder: "DIR/" batch_size: 3 shuffle: true } }
+layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TEST }
+  transform_param { crop_size: 8 mean_value: 128 scale: 0.01 }
+  image_data_param { source: "DIR/list.txt" root_folder: "DIR/" batch_size: 4 } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 stride: 2 weight_filler { type: "xavier" } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "drop" type: "Dropout" bottom: "conv" top: "conv" dropout_param { dropout_ratio: 0.3 } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+layer { name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc" include { phase: TEST } }
+"""

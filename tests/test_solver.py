@@ -4,7 +4,6 @@ snapshots and bitwise resume, errors."""
 import io
 import re
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,7 +14,15 @@ from caffecam.proto import caffe_pb2
 from caffecam.prototxt import parse_text, read_binary, write_text
 from caffecam.solver import Solver
 from caffecam.weights import blob_to_array, read_caffemodel
-from tests.solver_helpers import dataset, linear_solver, reference, softmax_loss_grads, weights_of
+from tests.solver_helpers import (
+    IMAGE_NET,
+    dataset,
+    linear_solver,
+    reference,
+    softmax_loss_grads,
+    weights_of,
+    write_images,
+)
 
 SGD_TEXT = """base_lr: 0.2 lr_policy: "step" gamma: 0.5 stepsize: 2 momentum: 0.9 weight_decay: 0.01
 max_iter: 6 random_seed: 3 snapshot_after_train: false"""
@@ -181,34 +188,6 @@ def test_snapshot_contents(tmp_path):
     np.testing.assert_allclose(blob_to_array(model["ip"].blobs[1]), b3, rtol=1e-5, atol=1e-6)
     assert (tmp_path / "lin_iter_6.solverstate").exists()  # 6 % 3 == 0: no extra snapshot after training
     assert not list(tmp_path.glob(".*tmp"))
-
-
-def write_images(folder, n=10, size=12, seed=0):
-    rng = np.random.default_rng(seed)
-    (folder / "img").mkdir(parents=True)
-    lines = []
-    for i in range(n):
-        cv2.imwrite(str(folder / "img" / f"{i}.png"), rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-        lines.append(f"img/{i}.png {i % 3}")
-    (folder / "list.txt").write_text("\n".join(lines) + "\n")
-
-
-IMAGE_NET = """name: "tinyimg"
-layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TRAIN }
-  transform_param { mirror: true crop_size: 8 mean_value: 128 scale: 0.01 }
-  image_data_param { source: "DIR/list.txt" root_folder: "DIR/" batch_size: 3 shuffle: true } }
-layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TEST }
-  transform_param { crop_size: 8 mean_value: 128 scale: 0.01 }
-  image_data_param { source: "DIR/list.txt" root_folder: "DIR/" batch_size: 4 } }
-layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
-  convolution_param { num_output: 4 kernel_size: 3 stride: 2 weight_filler { type: "xavier" } } }
-layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
-layer { name: "drop" type: "Dropout" bottom: "conv" top: "conv" dropout_param { dropout_ratio: 0.3 } }
-layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"
-  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
-layer { name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc" include { phase: TEST } }
-"""
 
 
 def image_solver(tmp_path, prefix, max_iter, extra=""):
