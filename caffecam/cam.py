@@ -276,8 +276,8 @@ class CamModel:
         net = Net(read_net(model), TEST)
         report = copy_weights(net, read_caffemodel(weights), str(weights))
         if report.fresh:
-            raise CaffeCamError(f"{weights}: has no weights for layers {', '.join(report.fresh[:5])} of {model}; "
-                                "these weights were trained for another net")
+            raise CaffeCamError(f"{weights}: has no weights for layers {', '.join(report.fresh[:5])} of {model}, "
+                                "so their maps would be noise; use a snapshot trained for this net (`make train`)")
         return cls(net, read_class_labels(labels) if labels else None, **kwargs)
 
     def preprocess(self, image):
