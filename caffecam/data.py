@@ -166,6 +166,15 @@ class _BatchStream(torch.utils.data.Dataset):
         self.image_shape = None  # H, W, C every image must have when there is no crop
         self._perms = {}
 
+    def __getstate__(self):  # for spawn-started workers: generated protobuf classes do not pickle
+        state = dict(self.__dict__)
+        state["tp"] = self.tp.SerializeToString()
+        return state
+
+    def __setstate__(self, state):
+        state["tp"] = caffe_pb2.TransformationParameter.FromString(state["tp"])
+        self.__dict__.update(state)
+
     def item_index(self, q):
         """Index into the source of stream position q."""
         epoch, j = divmod(q + self.skip, len(self.source))
@@ -220,10 +229,6 @@ class _Counter(torch.utils.data.Sampler):
 
     def __iter__(self):
         return itertools.count(self.start)
-
-
-def _worker_init(_):
-    cv2.setNumThreads(1)
 
 
 class BatchFeed:
@@ -286,10 +291,17 @@ class BatchFeed:
         self.source.release()  # workers open their own LMDB handles
         loader = torch.utils.data.DataLoader(
             self._stream, batch_size=None, sampler=_Counter(self.batches_done), num_workers=self.workers,
-            pin_memory=self.pin_memory, persistent_workers=True, worker_init_fn=_worker_init,
+            pin_memory=self.pin_memory, persistent_workers=True,
             prefetch_factor=max(1, -(-self.prefetch // self.workers)),
             multiprocessing_context="fork" if sys.platform.startswith("linux") else None)
-        self._iter = iter(loader)
+        # Workers decode with one OpenCV thread each. Set it in the parent around the fork: calling
+        # cv2.setNumThreads in a forked child can hang on the parent's thread-pool state.
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            self._iter = iter(loader)
+        finally:
+            cv2.setNumThreads(threads)
 
     def next(self):
         if self._iter is None:

@@ -280,3 +280,17 @@ def test_loader_throughput_counts_images(tmp_path):
     with BatchFeed(image_layer(tmp_path), TRAIN, workers=0) as feed:
         assert loader_throughput(feed, 3) > 0
         assert feed.batches_done == 4
+
+
+def test_batch_stream_pickles_for_spawned_workers(tmp_path):
+    """Non-Linux platforms start workers by spawning, which pickles the stream (protobuf and LMDB handle included)."""
+    import pickle
+
+    write_images(tmp_path, 3)
+    feed = BatchFeed(image_layer(tmp_path, transform="crop_size: 6 mirror: true"), TRAIN, seed=4, workers=0)
+    copy = pickle.loads(pickle.dumps(feed._stream))
+    assert same([copy[2]], [feed._stream[2]])
+    write_lmdb(tmp_path / "db", [(lmdb_key(0, "a"), encode_datum(np.zeros((4, 4, 3), np.uint8), 1))], progress=False)
+    lfeed = BatchFeed(lmdb_layer(tmp_path / "db", batch_size=1), TEST, workers=0)
+    lfeed.next()
+    assert pickle.loads(pickle.dumps(lfeed._stream))[0]["label"].tolist() == [1]
