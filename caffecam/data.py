@@ -97,41 +97,45 @@ class ImageListSource:
         """[(label, where)] for every item."""
         return [(label, f"{self.path}:{no}") for _, label, no in self.entries]
 
-    def release(self):
-        pass
+
+_LMDB_ENVS = {}  # (st_dev, st_ino) of data.mdb -> read-only environment, shared by all sources of a process
+
+
+def _lmdb_env(path):
+    """One read-only environment per database file and process: LMDB (and py-lmdb) refuse a second open of the same
+    files in one process. A forked worker inherits its parent's table and reuses those handles, which is safe for
+    read-only, lock-free environments (no lock table, the memory map is simply inherited)."""
+    st = os.stat(Path(path) / "data.mdb")
+    key = (st.st_dev, st.st_ino)
+    env = _LMDB_ENVS.get(key)
+    if env is None:
+        env = _LMDB_ENVS[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True)
+    return env
 
 
 class LmdbSource:
-    """Datum records of an LMDB in key order, read by index; the environment is opened lazily in each process."""
+    """Datum records of an LMDB in key order, read by index."""
 
     def __init__(self, path, where="Data"):
         self.path = str(path)
         if not (Path(path) / "data.mdb").is_file():
             raise CaffeCamError(f"{where}: LMDB '{path}' not found (no data.mdb; relative paths start at "
                                 f"{os.getcwd()}); build it (e.g. prepare_mpii.py --lmdb) or fix data_param.source")
-        self._env, self._pid = None, None
+        self._env = None
         with self._open().begin() as txn:
             self.keys = list(txn.cursor().iternext(keys=True, values=False))
-        self.release()
         if not self.keys:
             raise CaffeCamError(f"{where}: LMDB '{path}' holds no records")
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_env"] = state["_pid"] = None
+        state["_env"] = None
         return state
 
     def _open(self):
-        if self._env is None or self._pid != os.getpid():
-            # A child process must not use an environment opened by its parent: open its own.
-            self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, subdir=True)
-            self._pid = os.getpid()
+        if self._env is None:
+            self._env = _lmdb_env(self.path)
         return self._env
-
-    def release(self):
-        if self._env is not None and self._pid == os.getpid():
-            self._env.close()
-        self._env = self._pid = None
 
     def __len__(self):
         return len(self.keys)
@@ -288,7 +292,6 @@ class BatchFeed:
         if self.workers <= 0:
             self._iter = iter(range(self.batches_done, sys.maxsize))
             return
-        self.source.release()  # workers open their own LMDB handles
         loader = torch.utils.data.DataLoader(
             self._stream, batch_size=None, sampler=_Counter(self.batches_done), num_workers=self.workers,
             pin_memory=self.pin_memory, persistent_workers=True,
@@ -326,7 +329,6 @@ class BatchFeed:
         it, self._iter = self._iter, None
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
-        self.source.release()
 
     def __enter__(self):
         return self
@@ -372,7 +374,6 @@ def check_labels(feed_or_items, num_classes):
         if len(feed_or_items.top_names) < 2:
             return
         labelled = feed_or_items.source.labels()
-        feed_or_items.source.release()
     else:
         labelled = [(label, f"item {i} ('{p}')") for i, (p, label) in enumerate(feed_or_items)]
     for label, where in labelled:
