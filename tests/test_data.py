@@ -9,6 +9,7 @@ from google.protobuf import text_format
 from caffecam.data import BatchFeed, check_labels, load_list, loader_throughput, make_feeds
 from caffecam.datum import encode_datum, lmdb_key, write_lmdb
 from caffecam.errors import CaffeCamError
+from caffecam.net import Net
 from caffecam.proto import caffe_pb2
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -273,6 +274,10 @@ def test_make_feeds_picks_the_phase_layers(tmp_path):
     assert train.shapes["data"] == (2, 3, 10, 12) and train.num_items == 4
     assert test.shapes["data"] == (1, 3, 4, 4) and test.top_names == ["data", "label"]
     assert [test.next()["label"].item() for _ in range(3)] == [3, 2, 3]
+    built = Net(net, TRAIN, input_shapes=train.shapes, seed=0)
+    (again,) = make_feeds(built, TRAIN, workers=0)
+    assert again.shapes == train.shapes and again.top_names == built.input_blobs
+    assert built(again.next())["fc"].shape == (2, 4)
 
 
 def test_loader_throughput_counts_images(tmp_path):
