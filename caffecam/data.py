@@ -207,18 +207,21 @@ class _BatchStream(torch.utils.data.Dataset):
     def __getitem__(self, b):
         try:
             g = b * self.world_size + self.rank
-            data, labels = None, np.empty(self.batch_size, np.int64)
+            batch, data, labels = None, None, np.empty(self.batch_size, np.int64)
             for k in range(self.batch_size):
                 x, labels[k] = self.sample(g * self.batch_size + k)
                 if data is None:
-                    data = np.empty((self.batch_size,) + x.shape, np.float32)
+                    batch = torch.empty((self.batch_size,) + x.shape, dtype=torch.float32)
+                    if torch.utils.data.get_worker_info() is not None:
+                        batch.share_memory_()  # filled in place: no copy when it is sent to the main process
+                    data = batch.numpy()
                 elif x.shape != data.shape[1:]:
                     raise CaffeCamError(f"{self.source.where(self.item_index(g * self.batch_size + k))}: image "
                                         f"gives a {x.shape} blob, the batch holds {data.shape[1:]}; resize the images")
                 data[k] = x
         except CaffeCamError as e:
             return {"__error__": str(e)}
-        out = {self.tops[0]: torch.from_numpy(data)}
+        out = {self.tops[0]: batch}
         if len(self.tops) > 1:
             out[self.tops[1]] = torch.from_numpy(labels)
         return out
