@@ -346,13 +346,12 @@ class BatchFeed:
             pass
 
 
-def make_feeds(net_param_or_net, phase, **kw):
-    """A BatchFeed for each Data/ImageData layer included in `phase` (of a NetParameter or a built Net).
-
-    kw go to BatchFeed; a second data layer in the same phase gets seed + 1, and so on.
+def make_feeds(net_param_or_net, phase, level=0, stages=(), **kw):
+    """A BatchFeed for each Data/ImageData layer included in `phase` (and level/stages) of a NetParameter, or of a
+    built Net (its own filtering then applies). kw go to BatchFeed; a second data layer gets seed + 1, and so on.
     """
     if isinstance(net_param_or_net, caffe_pb2.NetParameter):
-        state = caffe_pb2.NetState(phase=phase)
+        state = caffe_pb2.NetState(phase=phase, level=level, stage=list(stages))
         lps = [lp for lp in current_layers(net_param_or_net) if layer_included(lp, state)]
     else:
         lps = list(net_param_or_net.layer_params)

@@ -267,10 +267,13 @@ def test_make_feeds_picks_the_phase_layers(tmp_path):
       layer {{ name: "d" type: "ImageData" top: "data" top: "label" include {{ phase: TEST }}
               transform_param {{ crop_size: 4 }}
               image_data_param {{ source: "{tmp_path}/val.txt" root_folder: "{tmp_path}/" batch_size: 1 }} }}
+      layer {{ name: "d2" type: "ImageData" top: "data" top: "label" include {{ phase: TEST stage: "big" }}
+              image_data_param {{ source: "{tmp_path}/val.txt" root_folder: "{tmp_path}/" batch_size: 2 }} }}
       layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param {{ num_output: 4 }} }}"""
     net = text_format.Parse(text, caffe_pb2.NetParameter())
     (train,) = make_feeds(net, TRAIN, workers=0)
     (test,) = make_feeds(net, TEST, workers=0)
+    assert [f.name for f in make_feeds(net, TEST, stages=["big"], workers=0)] == ["d", "d2"]
     assert train.shapes["data"] == (2, 3, 10, 12) and train.num_items == 4
     assert test.shapes["data"] == (1, 3, 4, 4) and test.top_names == ["data", "label"]
     assert [test.next()["label"].item() for _ in range(3)] == [3, 2, 3]
