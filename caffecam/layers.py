@@ -173,6 +173,7 @@ class Pooling(Layer):
 
 
 _FLT_MAX = 3.4028234663852886e38
+_LOG_FLT_MIN = math.log(1.1754943508222875e-38)
 
 
 def _torch_ceil_out(size, k, s):
@@ -310,6 +311,8 @@ class SoftmaxWithLoss(Layer):
         valid = torch.ones_like(label, dtype=torch.bool) if self.ignore is None else label != self.ignore
         _check_labels(self, label, valid, x.shape[self.axis])
         picked = logp.gather(1, torch.where(valid, label, 0)[:, None])[:, 0]
+        # Caffe takes −log(max(p, FLT_MIN)): a sample's loss tops out at 87.3365 (its gradient stays p − 1).
+        picked = picked + (picked.clamp(min=_LOG_FLT_MIN) - picked).detach()
         total = -(picked * valid).sum()
         # Normalization: FULL = all predictions, VALID = non-ignored ones, BATCH_SIZE = outer count, NONE = 1.
         lp = caffe_pb2.LossParameter
