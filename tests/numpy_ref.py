@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 FLT_MAX = float(np.finfo(np.float32).max)
+FLT_MIN = float(np.finfo(np.float32).tiny)
 
 
 def conv_out(size, k, s, p, d=1):
@@ -124,7 +125,7 @@ def softmax_loss(x, label, ignore_label=None, normalization="VALID", axis=1):
     for row, lab in zip(p, label):
         if ignore_label is not None and lab == ignore_label:
             continue
-        total -= math.log(row[lab])
+        total -= math.log(max(row[lab], FLT_MIN))  # Caffe clamps p at FLT_MIN
         valid += 1
     denom = {"FULL": label.size, "VALID": valid, "BATCH_SIZE": int(np.prod(x.shape[:axis])), "NONE": 1}[normalization]
     return total / max(1, denom)

@@ -470,3 +470,19 @@ def test_out_of_range_label_is_an_error(kind):
 def test_lone_h_or_w_field_is_an_error(text):
     with pytest.raises(CaffeCamError, match=r"'hw'.*_h and .*_w"):
         build(f"name: 'hw' {text}", [(1, 1, 7, 7)])
+
+
+def test_softmax_loss_clamps_at_flt_min_like_caffe():
+    # The true class 200 below the best: p ≈ e^−200 < FLT_MIN, so Caffe's loss is −log(FLT_MIN) = 87.3365.
+    x = np.array([[200.0, 0.0, 0.0], [1.0, 2.0, 3.0]])
+    label = np.array([1, 2])
+    layer = build("name: 'loss' type: 'SoftmaxWithLoss' bottom: 'a' bottom: 'b' top: 'l' "
+                  "loss_param { normalization: NONE }", [x.shape, label.shape])
+    (y,) = run(layer, x, label)
+    close(y, ref.softmax_loss(x, label, normalization="NONE"))
+    close(y, -np.log(np.finfo(np.float32).tiny) - np.log(ref.softmax(x[1:])[0, 2]))
+    # The gradient is Caffe's (p − onehot), not cut by the clamp.
+    xt = torch.from_numpy(x).requires_grad_(True)
+    layer(xt, torch.from_numpy(label))[0].backward()
+    onehot = np.eye(3)[label]
+    close(xt.grad.numpy(), ref.softmax(x) - onehot)
