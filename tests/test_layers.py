@@ -486,3 +486,24 @@ def test_softmax_loss_clamps_at_flt_min_like_caffe():
     layer(xt, torch.from_numpy(label))[0].backward()
     onehot = np.eye(3)[label]
     close(xt.grad.numpy(), ref.softmax(x) - onehot)
+
+
+def test_pooling_random_geometries_match_reference():
+    # 200 seeded random geometries: rectangular kernels, per-dimension stride/pad, CEIL and FLOOR, both modes.
+    rng = np.random.default_rng(123)
+    checked = 0
+    while checked < 200:
+        h, w, kh, kw, sh, sw = (int(v) for v in rng.integers(1, [10, 10, 6, 6, 5, 5]))
+        ph, pw = int(rng.integers(0, kh)), int(rng.integers(0, kw))
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            continue
+        mode, ceil = ("MAX", "AVE")[checked % 2], bool(rng.random() < 0.7)
+        layer = build(f"name: 'p' type: 'Pooling' pooling_param {{ pool: {mode} kernel_h: {kh} kernel_w: {kw} "
+                      f"stride_h: {sh} stride_w: {sw} pad_h: {ph} pad_w: {pw} "
+                      f"round_mode: {'CEIL' if ceil else 'FLOOR'} }}", [(1, 2, h, w)])
+        x = rng.standard_normal((1, 2, h, w))
+        (y,) = run(layer, x)
+        expect = ref.pool2d(x, (kh, kw), (sh, sw), (ph, pw), mode, ceil)
+        assert layer.top_shapes == [expect.shape] and y.shape == expect.shape, (kh, kw, sh, sw, ph, pw, h, w)
+        np.testing.assert_allclose(y, expect, rtol=RTOL, atol=ATOL, equal_nan=True)
+        checked += 1
