@@ -110,6 +110,7 @@ class Solver:
                                 "train")
         if not self.net.loss_weights:
             raise CaffeCamError(f"{self.where}: net '{self.net.name}' has no loss layer (e.g. SoftmaxWithLoss)")
+        self._check_labels()
         self.batch_size = self.train_feeds[0].batch_size
         self._losses, self.smoothed_loss = [], 0.0
 
@@ -142,6 +143,22 @@ class Solver:
             phase = caffe_pb2.Phase.Name(net.phase)
             raise CaffeCamError(f"{self.where}: net '{net.name}' ({phase}) has no Data/ImageData layer feeding "
                                 f"'{missing[0]}'; a net to train needs data layers (Input layers are for deploy)")
+
+    def _check_labels(self):
+        """Every label of every data layer within [0, num_output) of the SoftmaxWithLoss it feeds (one-line error
+        naming the list file line or LMDB record otherwise)."""
+        from caffecam import data
+
+        nets = [(self.net, self.train_feeds)] + list(zip(self.test_nets, self.test_feeds))
+        for net, feeds in nets:
+            for feed in feeds:
+                if not isinstance(feed, data.BatchFeed) or len(feed.top_names) < 2:
+                    continue
+                for lp in net.consumers(feed.top_names[1]):
+                    if lp.type == "SoftmaxWithLoss" and len(lp.bottom) == 2 and lp.bottom[1] == feed.top_names[1]:
+                        shape = net.blob_shapes[lp.bottom[0]]
+                        data.check_labels(feed, int(shape[1]) if len(shape) > 1 else 1)
+                        break
 
     def _share_weights(self, test_net):
         """Caffe's ShareTrainedLayersWith: a test layer with a train layer's name uses the same blobs."""
@@ -398,9 +415,16 @@ class Solver:
 @contextlib.contextmanager
 def stop_on_signals(solver, log=None):
     """While inside: SIGINT/SIGTERM ask `solver` to finish the iteration, snapshot and stop; a second one aborts."""
+    first = []
+
     def handler(signum, frame):
-        if solver.stop_requested:
-            raise KeyboardInterrupt
+        # Under torchrun a Ctrl-C reaches a worker twice (from the terminal, then forwarded by the agent): a second
+        # signal aborts only when it comes more than 2 s after the first.
+        if first:
+            if time.monotonic() - first[0] > 2.0:
+                raise KeyboardInterrupt
+            return
+        first.append(time.monotonic())
         solver.request_stop()
         if log is not None:
             name = signal.Signals(signum).name

@@ -284,3 +284,12 @@ def test_stop_request_snapshots_and_stops(tmp_path):
                       on_iteration=lambda it: it == 4 and s.request_stop())
     assert s.solve() == "stopped"
     assert s.iter == 4 and (tmp_path / "lin_iter_4.solverstate").exists()
+
+
+def test_label_outside_the_classifier_is_a_line_error(tmp_path):
+    sp, path = image_solver(tmp_path, "labels", 2)
+    lines = (tmp_path / "list.txt").read_text().splitlines()
+    lines[6] = lines[6].rsplit(" ", 1)[0] + " 3"  # 3 classes: labels 0..2
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(CaffeCamError, match=r"list.txt:7: label 3 is outside \[0, 3\)"):
+        Solver(sp, path, "cpu", None, workers=0)
