@@ -6,24 +6,24 @@ the update (sgd.py, rate from lr_policy.py); iter += 1; snapshot when iter % sna
 Determinism: random_seed seeds the fillers, the data stream (data.py: a function of seed and batch number) and
 dropout (the RNG is re-seeded from (seed, rank, iter) every iteration), so a resume continues the same run: the data
 feeds restart at batch iter·iter_size, the test feeds after the test phases already run.
+Memory format: channels_last=None (auto) means channels_last on the CPU, contiguous on CUDA. Measured on this 2-core
+CPU (shared, noisy): GoogLeNet-CAM batch 8 forward+backward 1.94 s vs 2.38 s contiguous, the demo net 0.26 s vs
+0.37 s; gradients differ from the contiguous ones by float noise only (against a float64 run the worst blob is off
+by 0.2% in channels_last and 0.8% contiguous). On CUDA it stays opt-in (fidelity first).
 """
 
 import contextlib
 import math
 import secrets
-import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from caffecam import lr_policy, sgd, solver_nets
+from caffecam import lr_policy, sgd, snapshots, solver_nets
 from caffecam.errors import CaffeCamError
 from caffecam.net import Net
 from caffecam.proto import caffe_pb2
-from caffecam.prototxt import read_binary, write_binary
-from caffecam.weights import array_to_blob, blob_to_array, copy_weights, read_caffemodel, save_caffemodel
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
@@ -60,13 +60,15 @@ class Solver:
     """
 
     def __init__(self, solver_param, solver_path="solver.prototxt", device="cpu", logger=None, rank=0, world_size=1,
-                 feeds=None, workers=2, channels_last=False, bf16=False, group=None, on_iteration=None):
+                 feeds=None, workers=2, channels_last=None, bf16=False, group=None, on_iteration=None):
         sp = self.sp = solver_param
         self.where = str(solver_path)
         self.device = torch.device(device)
         self.log = logger
         self.rank, self.world_size, self.group = rank, world_size, group
         self.root = rank == 0
+        if channels_last is None:
+            channels_last = self.device.type == "cpu"
         self.channels_last, self.on_iteration = channels_last, on_iteration
         self.bf16 = bf16 and self.device.type == "cuda"
         solver_nets.check_numbers(sp, self.where)
@@ -113,6 +115,7 @@ class Solver:
         self._check_labels()
         self.batch_size = self.train_feeds[0].batch_size
         self._losses, self.smoothed_loss = [], 0.0
+        self.data_wait_s = 0.0  # time spent waiting for training batches (bench: how much data loading stalls)
 
     # -- set-up helpers ------------------------------------------------------------------------------------------
     def _info(self, msg):
@@ -242,6 +245,10 @@ class Solver:
             self.log.done()
         return "done"
 
+    def step(self, iters):
+        """Caffe's Solver::Step: `iters` training iterations, with tests, display and snapshots as configured."""
+        self._step(iters, self.iter)
+
     def _smooth(self, loss, start_iter):
         """Caffe's UpdateSmoothedLoss: a running mean over the last average_loss values."""
         n = self.sp.average_loss
@@ -269,7 +276,9 @@ class Solver:
                 p.grad = None
             total = None
             for k in range(sp.iter_size):
+                t0 = time.perf_counter()
                 inputs = self._inputs(self.train_feeds)
+                self.data_wait_s += time.perf_counter() - t0
                 if k == 0:  # dropout's RNG; after fetching (a loader starting its workers draws from the RNG)
                     self._reseed()
                 with self._autocast():
@@ -359,49 +368,14 @@ class Solver:
             self._log_outputs("test", net, means)
         return {name: t.cpu() for name, t in zip(net.output_blobs, means)}
 
-    # -- snapshots -----------------------------------------------------------------------------------------------
+    # -- snapshots (caffecam/snapshots.py) -------------------------------------------------------------------------
     def snapshot(self):
         """Write <prefix>_iter_N.caffemodel and .solverstate (atomically); returns the .solverstate path."""
-        if self.sp.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO:
-            self._warn("snapshot_format HDF5 is not supported; writing binary proto snapshots")
-        model = f"{self.prefix}_iter_{self.iter}.caffemodel"
-        if self.log is not None:
-            self.log.snapshot(model)
-        save_caffemodel(self.net, model)
-        state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
-        for array in self.updater.history_arrays():
-            array_to_blob(array, state.history.add())
-        path = f"{self.prefix}_iter_{self.iter}.solverstate"
-        if self.log is not None:
-            self.log.solver_state(path)
-        write_binary(path, state)
-        self._last_snapshot, self.last_snapshot_path = self.iter, path
-        return path
+        return snapshots.write(self)
 
     def restore(self, path):
         """Resume from a .solverstate: weights (learned_net), history, iter, current_step, data positions."""
-        if str(path).endswith(".h5"):
-            raise CaffeCamError(f"{path}: HDF5 solver states are not supported; use a .solverstate")
-        state = read_binary(path, caffe_pb2.SolverState, "solverstate")
-        if self.log is not None and self.root:
-            self.log.restoring(path)
-        if not state.HasField("iter") or state.iter < 0:
-            raise CaffeCamError(f"{path}: not a solver state (no iteration number)")
-        if state.learned_net:
-            stored = Path(state.learned_net)
-            beside = Path(path).parent / stored.name
-            model = stored if stored.is_file() else beside if beside.is_file() else None
-            if model is None:
-                raise CaffeCamError(f"{path}: its weights '{stored}' are missing (also looked for {beside}); "
-                                    "copy the .caffemodel next to the .solverstate")
-            report = copy_weights(self.net, read_caffemodel(model), str(model))
-            if report.fresh:
-                raise CaffeCamError(f"{model}: has no weights for layer(s) {', '.join(report.fresh[:5])} of net "
-                                    f"'{self.net.name}'; the snapshot is from another net")
-        self.updater.load_history([blob_to_array(b) for b in state.history], str(path))
-        self.iter, self.current_step = state.iter, state.current_step
-        self._last_snapshot = self.iter
-        self._reopen_feeds()
+        snapshots.restore(self, path)
 
     def _reopen_feeds(self):
         """Restart the data where the run left it: the train feeds after iter·iter_size batches, each test feed
@@ -410,29 +384,3 @@ class Solver:
         self.train_feeds = self._open_feeds(self.train_param, TRAIN, self.iter * self.sp.iter_size)
         tests = solver_nets.tests_before(self.sp, self.iter)
         self.test_feeds = [self._open_feeds(param, TEST, tests * n) for param, _, n in self.test_specs]
-
-
-@contextlib.contextmanager
-def stop_on_signals(solver, log=None):
-    """While inside: SIGINT/SIGTERM ask `solver` to finish the iteration, snapshot and stop; a second one aborts."""
-    first = []
-
-    def handler(signum, frame):
-        # Under torchrun a Ctrl-C reaches a worker twice (from the terminal, then forwarded by the agent): a second
-        # signal aborts only when it comes more than 2 s after the first.
-        if first:
-            if time.monotonic() - first[0] > 2.0:
-                raise KeyboardInterrupt
-            return
-        first.append(time.monotonic())
-        solver.request_stop()
-        if log is not None:
-            name = signal.Signals(signum).name
-            log(f"{name} received: finishing this iteration, then writing a snapshot (again to abort without one)")
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)

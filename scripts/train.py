@@ -22,7 +22,8 @@ from caffecam.errors import CaffeCamError, main_guard
 from caffecam.log import CaffeLogger
 from caffecam.proto import caffe_pb2
 from caffecam.prototxt import read_solver
-from caffecam.solver import Solver, stop_on_signals
+from caffecam.snapshots import stop_on_signals
+from caffecam.solver import Solver
 from caffecam.weights import load_weights
 
 
@@ -40,7 +41,9 @@ def parse_args(argv):
     ap.add_argument("--cpu", action="store_true", help="train on the CPU whatever solver_mode says")
     ap.add_argument("--workers", type=int, default=None,
                     help="data loading processes per training process (default: from the CPU count)")
-    ap.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help="channels_last memory format (default: on for the CPU, where it is faster and equal to "
+                         "float noise; off on CUDA unless asked for)")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA (off by default: fidelity first)")
     ap.add_argument("--log", help="training log file (appended; default <snapshot_prefix folder>/train.log)")
     return ap.parse_args(argv)
