@@ -149,3 +149,27 @@ def test_sigterm_snapshots_and_exits_zero(tmp_path, monkeypatch):
 def test_help():
     out = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--snapshot" in out.stdout and "torchrun" in out.stdout
+
+
+def test_gpu_ids_and_relaunch_under_torchrun(monkeypatch):
+    assert train.gpu_ids("0,1") == [0, 1] and train.gpu_ids(None) is None
+    with pytest.raises(Exception, match="give a GPU id"):
+        train.gpu_ids("first")
+    calls = []
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train.torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(train.distributed, "relaunch", lambda script, argv, n: calls.append((Path(script).name, n)))
+    argv = ["--solver", "s.prototxt", "--gpu", "all"]
+    train.maybe_relaunch(train.parse_args(argv), argv)
+    assert calls == [("train.py", 4)]
+    argv = ["--solver", "s.prototxt", "--gpu", "0"]
+    train.maybe_relaunch(train.parse_args(argv), argv)
+    assert len(calls) == 1  # one GPU: no relaunch
+
+
+def test_bf16_on_cpu_warns(tmp_path, monkeypatch, capsys):
+    solver = setup(tmp_path, monkeypatch, max_iter=1)
+    rc, err = run_main(["--solver", solver, "--cpu", "--bf16", "--workers", "0"], capsys)
+    assert rc == 0 and "--bf16 applies to CUDA only" in err
