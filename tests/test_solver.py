@@ -149,16 +149,25 @@ def test_log_lines_order_and_values(tmp_path):
 
     # Values: test outputs at iteration 0 are means over 2 batches of 4 under the initial weights.
     xt, yt = dataset(8, seed=1)
-    accs, losses = [], []
-    for k in range(2):
-        idx = np.arange(4) + 4 * k
-        z = xt[idx] @ w0.T + b0
-        accs.append((z.argmax(1) == yt[idx]).mean())
-        losses.append(softmax_loss_grads(w0, b0, xt[idx].astype(np.float64), yt[idx])[0])
+
+    def expected_test(w, b):
+        accs, losses = [], []
+        for k in range(2):
+            idx = np.arange(4) + 4 * k
+            accs.append(((xt[idx] @ w.T + b).argmax(1) == yt[idx]).mean())
+            losses.append(softmax_loss_grads(w, b, xt[idx].astype(np.float64), yt[idx])[0])
+        return np.mean(accs), np.mean(losses)
+
     tests = [RX_TEST.search(m).groups() for m in msgs if RX_TEST.search(m)]
     assert [(i, n) for i, n, _ in tests[:2]] == [("0", "acc"), ("1", "loss")]  # sorted by blob name
-    assert float(tests[0][2]) == pytest.approx(np.mean(accs), abs=1e-6)
-    assert float(tests[1][2]) == pytest.approx(np.mean(losses), rel=1e-5)
+    acc, loss = expected_test(w0, b0)
+    assert float(tests[0][2]) == pytest.approx(acc, abs=1e-6)
+    assert float(tests[1][2]) == pytest.approx(loss, rel=1e-5)
+    # The last test (after the final update) runs on the trained weights, shared with the train net.
+    assert s.test_nets[0].layer_by_name["ip"].blobs[0] is s.net.layer_by_name["ip"].blobs[0]
+    acc, loss = expected_test(*weights_of(s))
+    assert float(tests[-2][2]) == pytest.approx(acc, abs=1e-6)
+    assert float(tests[-1][2]) == pytest.approx(loss, rel=1e-5)
     assert f"(* 1 = {tests[1][2]} loss)" in [m for m in msgs if RX_TEST.search(m)][1]
     # Training: smoothed loss over the last 2 iterations; lr by the step policy.
     x, y = dataset()
