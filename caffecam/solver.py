@@ -31,11 +31,11 @@ TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 def data_feeds(workers=2, prefetch=4):
     """The default feed factory: caffecam.data's BatchFeeds of the net's Data/ImageData layers."""
 
-    def factory(net_param, phase, seed, rank, world_size, start_batch):
+    def factory(net_param, state, seed, rank, world_size, start_batch):
         from caffecam.data import make_feeds
 
-        return make_feeds(net_param, phase, seed=seed, rank=rank, world_size=world_size, workers=workers,
-                          prefetch=prefetch, start_batch=start_batch)
+        return make_feeds(net_param, state.phase, level=state.level, stages=tuple(state.stage), seed=seed, rank=rank,
+                          world_size=world_size, workers=workers, prefetch=prefetch, start_batch=start_batch)
 
     return factory
 
@@ -54,7 +54,7 @@ def _iteration_seed(seed, rank, it):
 class Solver:
     """Solver(solver_param, solver_path, device, logger): builds the TRAIN net and the TEST nets (sharing weights).
 
-    feeds: factory(net_param, phase, seed, rank, world_size, start_batch) -> [feed] (default: caffecam.data).
+    feeds: factory(net_param, net_state, seed, rank, world_size, start_batch) -> [feed] (default: caffecam.data).
     group: a caffecam.distributed.Group when running under torchrun (rank 0 logs, tests and snapshots).
     on_iteration: called with the iteration number after every update (progress bars).
     """
@@ -85,15 +85,15 @@ class Solver:
         self.train_feeds, self.test_feeds, self.test_nets = [], [], []
 
         train_param, train_state = solver_nets.train_net(sp, self.where)
-        self.train_param = train_param
-        self.train_feeds = self._open_feeds(train_param, TRAIN, 0)
+        self.train_param, self.train_state = train_param, train_state
+        self.train_feeds = self._open_feeds(train_param, train_state, 0)
         self.net = Net(train_param, TRAIN, input_shapes=self._shapes(self.train_feeds), seed=self._filler_seed(),
                        level=train_state.level, stages=tuple(train_state.stage))
         self._check_fed(self.net, self.train_feeds)
         self._prepare(self.net)
         self.test_specs = solver_nets.test_nets(sp, self.where) if self.root else []
         for param, state, _ in self.test_specs:
-            feeds = self._open_feeds(param, TEST, 0)
+            feeds = self._open_feeds(param, state, 0)
             net = Net(param, TEST, input_shapes=self._shapes(feeds), seed=self._filler_seed(), level=state.level,
                       stages=tuple(state.stage))
             self._check_fed(net, feeds)
@@ -129,8 +129,8 @@ class Solver:
     def _filler_seed(self):
         return self.sp.random_seed if self.sp.random_seed >= 0 else None
 
-    def _open_feeds(self, param, phase, start_batch):
-        return list(self._feed_factory(param, phase, self.seed, self.rank, self.world_size, start_batch))
+    def _open_feeds(self, param, state, start_batch):
+        return list(self._feed_factory(param, state, self.seed, self.rank, self.world_size, start_batch))
 
     @staticmethod
     def _shapes(feeds):
@@ -381,6 +381,6 @@ class Solver:
         """Restart the data where the run left it: the train feeds after iter·iter_size batches, each test feed
         after the test phases already run (each of test_iter batches)."""
         self.close()
-        self.train_feeds = self._open_feeds(self.train_param, TRAIN, self.iter * self.sp.iter_size)
+        self.train_feeds = self._open_feeds(self.train_param, self.train_state, self.iter * self.sp.iter_size)
         tests = solver_nets.tests_before(self.sp, self.iter)
-        self.test_feeds = [self._open_feeds(param, TEST, tests * n) for param, _, n in self.test_specs]
+        self.test_feeds = [self._open_feeds(param, state, tests * n) for param, state, n in self.test_specs]

@@ -52,7 +52,8 @@ class ArrayFeed:
 
 
 def array_feeds(train, test, batch=4, test_batch=4, opened=None):
-    def factory(net_param, phase, seed, rank, world_size, start_batch):
+    def factory(net_param, state, seed, rank, world_size, start_batch):
+        phase = state.phase
         x, y = train if phase == caffe_pb2.TRAIN else test
         feed = ArrayFeed(x, y, batch if phase == caffe_pb2.TRAIN else test_batch, start_batch)
         if opened is not None:

@@ -302,3 +302,16 @@ def test_label_outside_the_classifier_is_a_line_error(tmp_path):
     (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
     with pytest.raises(CaffeCamError, match=r"list.txt:7: label 3 is outside \[0, 3\)"):
         Solver(sp, path, "cpu", None, workers=0)
+
+
+def test_train_state_stage_picks_the_data_layer(tmp_path):
+    sp, path = image_solver(tmp_path, "stage", 1)
+    big = IMAGE_NET.replace("DIR", str(tmp_path)).replace("include { phase: TRAIN }",
+                                                          'include { phase: TRAIN stage: "big" }', 1)
+    big = big.replace("batch_size: 3", "batch_size: 5", 1)
+    small = IMAGE_NET.replace("DIR", str(tmp_path)).split("layer {")[1]
+    small = "layer {" + small.replace("include { phase: TRAIN }", 'include { phase: TRAIN not_stage: "big" }')
+    (tmp_path / "net.prototxt").write_text(big.replace('name: "tinyimg"\n', 'name: "tinyimg"\n' + small))
+    assert Solver(sp, path, "cpu", None, workers=0).batch_size == 3
+    sp.train_state.stage.append("big")
+    assert Solver(sp, path, "cpu", None, workers=0).batch_size == 5
