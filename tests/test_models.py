@@ -319,7 +319,8 @@ def test_demo_files():
                                                                               "data/demo/val.txt")
     assert train.image_data_param.root_folder == "data/demo/" and train.image_data_param.shuffle
     assert (train.image_data_param.new_height, train.image_data_param.new_width) == (n, n)
-    assert (train.image_data_param.batch_size, test.image_data_param.batch_size) == (32, 50)
+    batches = (train.image_data_param.batch_size, test.image_data_param.batch_size)
+    assert batches == (models.DEMO_BATCH_TRAIN, models.DEMO_BATCH_TEST)
     assert (train.transform_param.mirror, test.transform_param.mirror) == (True, False)
     assert train.transform_param.crop_size == models.DEMO_INPUT_SIZE
     assert list(test.transform_param.mean_value) == [104, 117, 123]
@@ -375,7 +376,8 @@ def test_engine_shapes_of_the_deploy_net():
 def test_engine_shapes_of_the_small_nets():
     net_mod = pytest.importorskip("caffecam.net")
     demo = net_mod.Net(models.demo_deploy(), phase=caffe_pb2.TEST).blob_shapes
-    assert tuple(demo["CAM_conv"]) == (1, 128, 6, 6) and tuple(demo["prob"]) == (1, models.DEMO_NUM_CLASSES)
+    side = models.DEMO_INPUT_SIZE // 8
+    assert tuple(demo["CAM_conv"]) == (1, 128, side, side) and tuple(demo["prob"]) == (1, models.DEMO_NUM_CLASSES)
     tiny = net_mod.Net(models.tiny_cam_net(3, 32), phase=caffe_pb2.TEST).blob_shapes
     assert tuple(tiny["CAM_conv"]) == (2, 16, 8, 8) and tuple(tiny["CAM_fc"]) == (2, 3)
 
@@ -403,3 +405,15 @@ def test_engine_runs_the_small_nets():
     prob = demo.forward(torch.randn(1, 3, models.DEMO_INPUT_SIZE, models.DEMO_INPUT_SIZE))["prob"]
     assert prob.shape == (1, models.DEMO_NUM_CLASSES)
     assert float(prob.detach().sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_last_block_cuts_the_trunk():
+    # Stopping after inception_3b drops pool3 and the 4x blocks: stride 8, so a 96 px input gives a 12x12 map.
+    net = models.googlenet_cam(num_classes=5, width_div=8, input_size=96, last_block="3b")
+    names = [lp.name for lp in net.layer]
+    assert "pool3/3x3_s2" not in names and not any(n.startswith("inception_4") for n in names)
+    cam_conv = next(lp for lp in net.layer if lp.name == "CAM_conv")
+    assert list(cam_conv.bottom) == ["inception_3b/output"]
+    assert blob_shapes(net)["CAM_conv"][2:] == (12, 12)
+    with pytest.raises(CaffeCamError, match="last_block"):
+        models.googlenet_cam(last_block="5a")
