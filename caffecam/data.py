@@ -9,6 +9,7 @@ world_size takes global batch b·world_size + r as its b-th batch (each GPU its 
 
 import itertools
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -238,6 +239,11 @@ class _Counter(torch.utils.data.Sampler):
         return itertools.count(self.start)
 
 
+def _ignore_sigint(_worker_id):
+    # Ctrl-C goes to the whole process group: the main process snapshots and stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class BatchFeed:
     """One Data/ImageData layer of a net as an endless stream of batches, loaded by `workers` processes.
 
@@ -299,6 +305,8 @@ class BatchFeed:
             self._stream, batch_size=None, sampler=_Counter(self.batches_done), num_workers=self.workers,
             pin_memory=self.pin_memory, persistent_workers=True,
             prefetch_factor=max(1, -(-self.prefetch // self.workers)),
+            # Own generator: starting workers must not draw from torch's global RNG (dropout, fillers use it).
+            generator=torch.Generator().manual_seed(0), worker_init_fn=_ignore_sigint,
             multiprocessing_context="fork" if sys.platform.startswith("linux") else None)
         # Workers decode with one OpenCV thread each. Set it in the parent around the fork: calling
         # cv2.setNumThreads in a forked child can hang on the parent's thread-pool state.
