@@ -46,6 +46,7 @@ train: setup
 	$(PY) scripts/train.py --solver $(SOLVER) --weights $(WEIGHTS) $(TRAIN_ARGS)
 
 cam: setup
+	@test -n "$(IMAGE)" || { echo "usage: make cam IMAGE=path/to/image_or_folder" >&2; exit 2; }
 	$(PY) scripts/cam.py --auto $(IMAGE)
 
 curves: setup
