@@ -44,14 +44,20 @@ class Plan:
     cpu_pipeline_steps: int = 3
     gpu_steps: int = 20  # GPU training steps per timed call
     gpu_pipeline_steps: int = 60
-    rounds: int = 3
+    # Interleaved rounds per section (medians are taken over them), cut short by BUDGETS_S.
+    train_rounds: int = 5
+    inference_rounds: int = 5
+    cam_rounds: int = 7
+    e2e_rounds: int = 5
+    loader_rounds: int = 3
     budget_scale: float = 1.0
 
 
 FULL = Plan()
 QUICK = replace(FULL, width_div=8, input_size=64, train_batch=4, infer_batch=4, cam_batch=4, e2e_images=6,
                 loader_images=12, source_size=(100, 75), resize=72, loader_batches=2, cpu_pipeline_steps=2,
-                gpu_steps=2, gpu_pipeline_steps=3, rounds=2, budget_scale=0.02)
+                gpu_steps=2, gpu_pipeline_steps=3, train_rounds=1, inference_rounds=2, cam_rounds=2, e2e_rounds=1,
+                loader_rounds=1, budget_scale=0.02)
 
 
 def ratio(a, b):
@@ -63,11 +69,14 @@ class Bench:
         self.plan, self.device, self.work = plan, torch.device(device), Path(work)
         self.cuda = self.device.type == "cuda"
         self.net = dict(num_classes=plan.num_classes, width_div=plan.width_div, input_size=plan.input_size)
-        self.notes, self.sections = [], {}
+        self.notes, self.sections, self.loads = [], {}, {}
         self.torchcam = bench.torchcam_methods()
         if self.torchcam is None:
             self.notes.append("torchcam is not installed (pip install -r requirements-bench.txt): its entries are "
                               "null")
+        if plan.width_div != 1 or plan.input_size != 224:
+            self.notes.append(f"smoke run: a net of width/{plan.width_div} at {plan.input_size}x{plan.input_size} "
+                              "with tiny batches; its figures do not compare with the goals or the Caffe reference")
         if not self.cuda:
             self.notes.append("no CUDA device used: the GPU entries are null; the loader pipeline ran on the CPU")
 
@@ -76,6 +85,7 @@ class Bench:
 
     def run(self, name, fn):
         print(f"[{name}] ...", flush=True)
+        self.loads[name] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
         start = time.perf_counter()
         out = fn()
         self.sections[name] = round(time.perf_counter() - start, 2)
@@ -101,7 +111,7 @@ class Bench:
     def train(self):
         p = self.plan
         spec = dict(self.net, batch=p.train_batch)
-        cpu, _ = bench.train_speeds(spec, {"contiguous": {}, "channels_last": {"channels_last": True}}, p.rounds,
+        cpu, _ = bench.train_speeds(spec, {"contiguous": {}, "channels_last": {"channels_last": True}}, p.train_rounds,
                                     self.budget("train"))
         best = max(cpu.values())
         out = {"batch": p.train_batch, "cpu_fp32_contiguous_images_per_s": cpu["contiguous"],
@@ -114,7 +124,7 @@ class Bench:
                "goal_gpu_bf16_images_per_s": GOALS["gpu_bf16_images_per_s"]}
         if self.cuda:
             configs = {"fp32": {}, "bf16_cl": {"channels_last": True, "bf16": True}}
-            gpu, steps = bench.train_speeds(spec, configs, p.rounds, self.budget("train") / 4, p.gpu_steps,
+            gpu, steps = bench.train_speeds(spec, configs, p.train_rounds, self.budget("train") / 4, p.gpu_steps,
                                             self.device)
             out["gpu_fp32_images_per_s"] = gpu["fp32"]
             out["gpu_bf16_channels_last_images_per_s"] = gpu["bf16_cl"]
@@ -134,14 +144,14 @@ class Bench:
 
     def inference(self):
         p = self.plan
-        speeds = bench.inference_speeds(dict(self.net, batch=p.infer_batch), p.rounds, self.budget("inference"),
-                                        self.device)
+        speeds = bench.inference_speeds(dict(self.net, batch=p.infer_batch), p.inference_rounds,
+                                        self.budget("inference"), self.device)
         return {"batch": p.infer_batch, "device": self.device.type,
                 "contiguous_images_per_s": speeds["contiguous"], "channels_last_images_per_s": speeds["channels_last"]}
 
     def cam(self):
         p = self.plan
-        s, maps_ms, checks = bench.cam_speeds(dict(self.net, batch=p.cam_batch), p.rounds, self.budget("cam"),
+        s, maps_ms, checks = bench.cam_speeds(dict(self.net, batch=p.cam_batch), p.cam_rounds, self.budget("cam"),
                                               self.device)
         tc, tg = s.get("torchcam_cam"), s.get("torchcam_gradcam")
         return {"batch": p.cam_batch, "device": self.device.type, "image_size": p.input_size,
@@ -158,7 +168,7 @@ class Bench:
 
     def end_to_end(self):
         p = self.plan
-        s = bench.cam_end_to_end(self.net, p.e2e_images, self.work / "e2e", p.rounds, self.budget("end_to_end"),
+        s = bench.cam_end_to_end(self.net, p.e2e_images, self.work / "e2e", p.e2e_rounds, self.budget("end_to_end"),
                                  self.device, p.cam_batch)
         return {"images": p.e2e_images, "image_size": p.input_size, "batch": p.cam_batch,
                 "run_cam_images_per_s": s["run_cam"], "torchcam_pipeline_images_per_s": s.get("torchcam"),
@@ -170,7 +180,7 @@ class Bench:
         p = self.plan
         workers = min(8, os.cpu_count() or 2)
         s = bench.loader_speeds(self.images / "list.txt", self.images, self.lmdb, p.resize, p.input_size,
-                                p.train_batch, p.loader_batches, p.rounds, workers)
+                                p.train_batch, p.loader_batches, p.loader_rounds, workers)
         return {"batch": p.train_batch, "workers": workers, "source_size": list(p.source_size), "resize": p.resize,
                 "crop": p.input_size, "jpeg_images_per_s": s["jpeg"], "lmdb_images_per_s": s["lmdb"],
                 "lmdb_vs_jpeg": ratio(s["lmdb"], s["jpeg"])}
@@ -188,6 +198,7 @@ class Bench:
         out["cam_end_to_end"] = self.run("end_to_end", self.end_to_end)
         out["loader"] = self.run("loader", self.loader)
         out["sections_s"], out["total_s"], out["notes"] = self.sections, time.perf_counter() - start, self.notes
+        out["load_average_1min"] = self.loads  # at each section's start: other work on the machine skews timings
         return out
 
 
@@ -249,6 +260,8 @@ def report(r):
         f"GPU bf16 {fmt(m['gpu_bf16_channels_last_train_step_mb'], ' MiB', 0)}",
         "time per section: " + ", ".join(f"{k} {v:.0f} s" for k, v in r["sections_s"].items())
         + f"; total {r['total_s']:.0f} s",
+        "load average (1 min) at each section's start: "
+        + ", ".join(f"{k} {fmt(v, '', 1)}" for k, v in r["load_average_1min"].items()),
     ]
     lines += [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines)
