@@ -63,8 +63,7 @@ def default_workers():
 
 
 def cuda_sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    torch.cuda.synchronize()
 
 
 # ---- synthetic data --------------------------------------------------------------------------------------------
@@ -273,7 +272,7 @@ class TorchcamAdapter(nn.Module):
     def __init__(self, model, channels_last=None):
         super().__init__()
         source, layers = model.net, model.layers
-        net = Net(_net_param(source), TEST)
+        net = Net(caffe_pb2.NetParameter(name=source.name, layer=source.layer_params), TEST)
         net.load_state_dict(source.state_dict())
         pool = [lp.name for lp in net.layer_params].index(layers.pool_layer)
         writer = max(i for i, lp in enumerate(net.layer_params[:pool]) if layers.feature_blob in lp.top)
@@ -284,8 +283,7 @@ class TorchcamAdapter(nn.Module):
         rows, cols = classifier_weight(net, layers.fc_layer).shape
         self.fc = nn.Linear(cols, rows, bias=len(ip.blobs) > 1)
         self.fc.weight = ip.blobs[0] if not getattr(ip, "transpose", False) else nn.Parameter(ip.blobs[0].t())
-        if len(ip.blobs) > 1:
-            self.fc.bias = ip.blobs[1]
+        self.fc.bias = ip.blobs[1] if len(ip.blobs) > 1 else None
         self.score_blob, self.end = layers.score_blob, layers.fc_layer
         cl = model.channels_last if channels_last is None else channels_last
         self.to(model.device)
@@ -295,13 +293,6 @@ class TorchcamAdapter(nn.Module):
 
     def forward(self, x):
         return self.net.forward(x, end=self.end)[self.score_blob].flatten(1)
-
-
-def _net_param(net):
-    """The NetParameter a Net was built from (its included layers, in order)."""
-    param = caffe_pb2.NetParameter(name=net.name)
-    param.layer.extend(net.layer_params)
-    return param
 
 
 def torchcam_methods():
@@ -314,16 +305,12 @@ def torchcam_methods():
     return CAM, GradCAM, getattr(torchcam, "__version__", "?")
 
 
-def random_batch(count, size, seed=0):
-    rng = np.random.default_rng(seed)
-    return [synthetic_image(rng, size, size) for _ in range(count)]
-
-
 def cam_speeds(spec, rounds, budget_s, device):
     """CamModel.run (top-1 maps on the device) against a plain forward, the per-channel loop, autograd Grad-CAM
     and torchcam's CAM / GradCAM over one batch; images/s for each, the maps alone in ms, and torchcam agreement."""
     model = CamModel(deploy_net(**spec), device=device)
-    batch = [model.preprocess(img) for img in random_batch(spec["batch"], spec["input_size"])]
+    rng, size = np.random.default_rng(0), spec["input_size"]
+    batch = [model.preprocess(synthetic_image(rng, size, size)) for _ in range(spec["batch"])]
     x = model.to_input(batch)
     lay, weight = model.layers, model.weight
     with torch.inference_mode():
@@ -379,9 +366,8 @@ def _rel_diff(a, b):
 
 def torchcam_pipeline(adapter, extractor, paths, out_dir, input_size, alpha=0.5):
     """A plain torchcam CAM pipeline, one image at a time: decode, preprocess, forward, extractor, overlay, write."""
-    out_dir = Path(out_dir)
+    out_dir, device = Path(out_dir), next(adapter.parameters()).device
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = next(adapter.parameters()).device
     for path in paths:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         x = cv2.resize(img, (input_size, input_size), interpolation=cv2.INTER_LINEAR).astype(np.float32) - MEAN
