@@ -151,13 +151,14 @@ def train_speeds(spec, configs, rounds, budget_s, steps_per_call=1, device="cpu"
 
 
 def cuda_step_memory_mb(step):
-    """Peak CUDA memory one training step allocates beyond what was held before it (MiB)."""
+    """(peak CUDA memory one training step allocates beyond what was held before it, the peak in all) in MiB."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
     step()
     torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    peak = torch.cuda.max_memory_allocated()
+    return (peak - before) / 2 ** 20, peak / 2 ** 20
 
 
 def pipeline_speed(spec, list_path, root, resize, steps, device, workers=None, warmup=1):

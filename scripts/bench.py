@@ -104,8 +104,9 @@ class Bench:
         cpu = bench.cpu_step_memory(spec)
         out = {"cpu_train_step_mb": cpu["step_mb"], "cpu_baseline_mb": cpu["baseline_mb"],
                "cpu_peak_mb": cpu["peak_mb"], "cpu_method": "child process: " + cpu["method"],
-               "cpu_memory_format": "channels_last", "gpu_fp32_train_step_mb": None,
-               "gpu_bf16_channels_last_train_step_mb": None}
+               "cpu_memory_format": "channels_last", "gpu_fp32_train_step_mb": None, "gpu_fp32_peak_mb": None,
+               "gpu_bf16_channels_last_train_step_mb": None, "gpu_bf16_channels_last_peak_mb": None,
+               "gpu_method": "torch.cuda.max_memory_allocated during the step minus memory_allocated before it"}
         return out
 
     def train(self):
@@ -128,8 +129,9 @@ class Bench:
                                             self.device)
             out["gpu_fp32_images_per_s"] = gpu["fp32"]
             out["gpu_bf16_channels_last_images_per_s"] = gpu["bf16_cl"]
-            self.gpu_memory = {"gpu_fp32_train_step_mb": bench.cuda_step_memory_mb(steps["fp32"]),
-                               "gpu_bf16_channels_last_train_step_mb": bench.cuda_step_memory_mb(steps["bf16_cl"])}
+            for name, key in (("fp32", "gpu_fp32"), ("bf16_cl", "gpu_bf16_channels_last")):
+                step_mb, peak_mb = bench.cuda_step_memory_mb(steps[name])
+                self.gpu_memory.update({f"{key}_train_step_mb": step_mb, f"{key}_peak_mb": peak_mb})
             del steps
         return out
 
@@ -256,8 +258,9 @@ def report(r):
         f"LMDB cache {fmt(d['lmdb_images_per_s'])} images/s",
         f"memory of one training step (batch {t['batch']}): CPU {fmt(m['cpu_train_step_mb'], ' MiB', 0)} "
         f"({m['cpu_memory_format']}; peak RSS {fmt(m['cpu_peak_mb'], ' MiB', 0)}), "
-        f"GPU fp32 {fmt(m['gpu_fp32_train_step_mb'], ' MiB', 0)}, "
-        f"GPU bf16 {fmt(m['gpu_bf16_channels_last_train_step_mb'], ' MiB', 0)}",
+        f"GPU fp32 {fmt(m['gpu_fp32_train_step_mb'], ' MiB', 0)} (peak {fmt(m['gpu_fp32_peak_mb'], ' MiB', 0)}), "
+        f"GPU bf16 {fmt(m['gpu_bf16_channels_last_train_step_mb'], ' MiB', 0)} "
+        f"(peak {fmt(m['gpu_bf16_channels_last_peak_mb'], ' MiB', 0)})",
         "time per section: " + ", ".join(f"{k} {v:.0f} s" for k, v in r["sections_s"].items())
         + f"; total {r['total_s']:.0f} s",
         "load average (1 min) at each section's start: "

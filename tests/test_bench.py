@@ -24,7 +24,7 @@ HAS_TORCHCAM = importlib.util.find_spec("torchcam") is not None
 CUDA = torch.cuda.is_available()
 
 GPU_KEYS = {"gpu_fp32_images_per_s", "gpu_bf16_channels_last_images_per_s", "gpu_fp32_train_step_mb",
-            "gpu_bf16_channels_last_train_step_mb"}
+            "gpu_bf16_channels_last_train_step_mb", "gpu_fp32_peak_mb", "gpu_bf16_channels_last_peak_mb"}
 TORCHCAM_KEYS = {"torchcam_cam_images_per_s", "cam_vs_torchcam_cam", "torchcam_gradcam_images_per_s",
                  "cam_vs_torchcam_gradcam", "torchcam_cam_max_rel_diff", "torchcam_gradcam_max_rel_diff",
                  "torchcam_pipeline_images_per_s", "speedup"}
@@ -41,8 +41,8 @@ EXPECTED = {
     "cam_end_to_end": {"images", "run_cam_images_per_s", "torchcam_pipeline_images_per_s", "speedup",
                        "goal_speedup"},
     "loader": {"batch", "workers", "jpeg_images_per_s", "lmdb_images_per_s", "lmdb_vs_jpeg"},
-    "memory": {"cpu_train_step_mb", "cpu_baseline_mb", "cpu_peak_mb", "gpu_fp32_train_step_mb",
-               "gpu_bf16_channels_last_train_step_mb"},
+    "memory": {"cpu_train_step_mb", "cpu_baseline_mb", "cpu_peak_mb", "gpu_fp32_train_step_mb", "gpu_fp32_peak_mb",
+               "gpu_bf16_channels_last_train_step_mb", "gpu_bf16_channels_last_peak_mb"},
 }
 PIPELINE = {"images_per_s", "data_wait_fraction", "workers", "steps", "device"}
 SECTIONS = {"data", "memory", "train", "pipeline", "inference", "cam", "end_to_end", "loader"}
