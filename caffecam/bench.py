@@ -24,6 +24,7 @@ from caffecam import sgd
 from caffecam.cam import CamModel, cam_maps, classifier_weight, gradcam_maps, loop_cam_maps, run_cam
 from caffecam.data import BatchFeed, loader_throughput
 from caffecam.datum import encode_datum, lmdb_key, write_lmdb
+from caffecam.errors import CaffeCamError
 from caffecam.images import collect_inputs
 from caffecam.models import googlenet_cam, image_data_layers, lmdb_data_layers
 from caffecam.net import TEST, TRAIN, Net
@@ -223,10 +224,14 @@ def cpu_step_memory(spec, timeout=300):
     """memory_child in a subprocess; returns its figures."""
     code = "import sys; from caffecam.bench import memory_child; memory_child(sys.argv[1])"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, cwd=REPO,
-                         env=env, timeout=timeout)
+    try:
+        out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                             cwd=REPO, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CaffeCamError(f"bench: the training-step memory child took over {timeout} s (machine busy?)") from None
     if out.returncode != 0:
-        raise RuntimeError(f"memory child failed: {out.stderr.strip()[-500:]}")
+        last = (out.stderr.strip().splitlines() or ["no message (killed for memory?)"])[-1]
+        raise CaffeCamError(f"bench: the training-step memory child failed (exit {out.returncode}): {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

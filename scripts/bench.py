@@ -69,7 +69,7 @@ class Bench:
         self.plan, self.device, self.work = plan, torch.device(device), Path(work)
         self.cuda = self.device.type == "cuda"
         self.net = dict(num_classes=plan.num_classes, width_div=plan.width_div, input_size=plan.input_size)
-        self.notes, self.sections, self.loads = [], {}, {}
+        self.notes, self.sections, self.loads, self.gpu_memory = [], {}, {}, {}
         self.torchcam = bench.torchcam_methods()
         if self.torchcam is None:
             self.notes.append("torchcam is not installed (pip install -r requirements-bench.txt): its entries are "
@@ -188,7 +188,6 @@ class Bench:
                 "lmdb_vs_jpeg": ratio(s["lmdb"], s["jpeg"])}
 
     def all(self):
-        self.gpu_memory = {}
         start = time.perf_counter()
         self.run("data", self.data)
         out = {"memory": self.run("memory", self.memory)}
