@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from caffecam import sgd
-from caffecam.cam import CamModel, cam_maps, classifier_weight, gradcam_maps, loop_cam_maps, run_cam
+from caffecam.cam import CamModel, cam_maps, classifier_weight, gradcam_maps, loop_cam_maps
+from caffecam.cam_pipeline import run_cam
 from caffecam.data import BatchFeed, loader_throughput
 from caffecam.datum import encode_datum, lmdb_key, write_lmdb
 from caffecam.errors import CaffeCamError

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from caffecam.errors import CaffeCamError
+from caffecam.textfile import content_lines
 
 DEFAULT_BOX_THRESHOLD = 0.2
 IOU_THRESHOLD = 0.5
@@ -86,17 +87,8 @@ def read_boxes(path, root=None):
     -> {path_key: [box, ...]} (an image may have several boxes; the best match counts)."""
     path = Path(path)
     base = Path(root) if root is not None else path.parent
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise CaffeCamError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CaffeCamError(f"{path}: cannot read ({exc})") from None
     boxes = {}
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for n, line in content_lines(path):
         parts = line.rsplit(None, 4)
         try:
             box = [float(v) for v in parts[1:]]
@@ -166,27 +158,3 @@ def format_summary(s):
         lines += [f"{p['threshold']:9.3f}  {p['loc_accuracy']:7.4f}  {p['gt_known_loc_accuracy']:16.4f}"
                   for p in s["per_threshold"]]
     return lines
-
-
-def evaluate_localization(model, items, boxes, thresholds=(DEFAULT_BOX_THRESHOLD,),
-                          main_threshold=DEFAULT_BOX_THRESHOLD, batch_size=16, workers=None, progress=True):
-    """Top-1 accuracy, top-1 and GT-known localization accuracy of `model` (a caffecam.cam.CamModel, or a Net with
-    a GAP classifier) on `items` (InputItems with labels) against `boxes` ({path_key: [box]}, see read_boxes).
-
-    Returns the summary dict (accuracy, loc_accuracy, gt_known_loc_accuracy at `main_threshold`, per_threshold, …)
-    plus `failures` [(path, message)] and `unscored` (images without a label or a box).
-    """
-    from caffecam import cam  # cam builds on this module
-
-    if not isinstance(model, cam.CamModel):
-        model = cam.CamModel(model)
-    if isinstance(boxes, (str, Path)):
-        boxes = read_boxes(boxes)
-    items = list(items)
-    if not any(it.label is not None for it in items):
-        raise CaffeCamError("localization needs labelled images: give a list file (`path label` per line)")
-    out = cam.run_cam(model, items, None, box_threshold=main_threshold, batch_size=batch_size, workers=workers,
-                      boxes=boxes, thresholds=list(thresholds), progress=progress)
-    summary = out["localization"]
-    summary["failures"] = out["failures"]
-    return summary

@@ -9,7 +9,8 @@ import argparse
 import json
 import re
 
-from caffecam.cam import DEFAULT_MEAN, CamModel, parse_mean, run_cam
+from caffecam.cam import DEFAULT_MEAN, CamModel, parse_mean
+from caffecam.cam_pipeline import run_cam
 from caffecam.errors import CaffeCamError, main_guard
 from caffecam.images import DEFAULT_MAX_PIXELS, collect_inputs
 from caffecam.localize import DEFAULT_BOX_THRESHOLD, format_summary, parse_thresholds, read_boxes

@@ -9,9 +9,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import json
 
+from caffecam.cam_pipeline import evaluate_localization
 from caffecam.errors import CaffeCamError, main_guard
 from caffecam.images import read_list_file
-from caffecam.localize import evaluate_localization, format_summary, parse_thresholds, read_boxes
+from caffecam.localize import format_summary, parse_thresholds, read_boxes
 from caffecam.prototxt import atomic_write_bytes
 from scripts.cam import add_model_args, check_common, load_model
 

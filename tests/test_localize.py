@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from caffecam.cam import CamModel
+from caffecam.cam_pipeline import evaluate_localization
 from caffecam.errors import CaffeCamError
 from caffecam.images import InputItem
 from caffecam.localize import (
     LocalizationTally,
-    evaluate_localization,
     iou,
     map_box,
     parse_thresholds,
