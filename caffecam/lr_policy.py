@@ -36,12 +36,26 @@ def check(sp, where="solver"):
         raise CaffeCamError(f"{where}: lr_policy \"poly\" needs max_iter > 0")
 
 
-def learning_rate(sp, it, current_step=0):
+def learning_rate(sp, it, current_step=0, where="solver"):
     """(rate as a Python float, new current_step, message or None) for update number `it`.
 
     Only multistep changes current_step by itself (one step per call, as Caffe), and it logs
     "MultiStep Status: Iteration N, step = S" when it does; step sets current_step = floor(it / stepsize).
+    A rate that is not a finite real number (gamma^it overflowing, a negative base to a fractional power) is a
+    one-line CaffeCamError naming `where`.
     """
+    policy = sp.lr_policy
+    try:
+        rate, current_step, msg = _learning_rate(sp, it, current_step)
+    except (OverflowError, ZeroDivisionError):
+        rate, msg = math.inf, None
+    if isinstance(rate, complex) or not math.isfinite(rate):
+        raise CaffeCamError(f"{where}: lr_policy \"{policy}\" gives no finite learning rate at iteration {it} "
+                            f"(got {rate}); check base_lr, gamma, power, stepsize and max_iter")
+    return rate, current_step, msg
+
+
+def _learning_rate(sp, it, current_step):
     policy, base, gamma = sp.lr_policy, sp.base_lr, sp.gamma
     msg = None
     if policy == "fixed":
@@ -61,7 +75,9 @@ def learning_rate(sp, it, current_step=0):
     elif policy == "poly":
         rate = base * (1.0 - it / sp.max_iter) ** sp.power
     elif policy == "sigmoid":
-        rate = base * (1.0 / (1.0 + math.exp(-gamma * (it - sp.stepsize))))
+        z = -gamma * (it - sp.stepsize)
+        # exp(z) beyond double range: Caffe's 1 / (1 + inf) = 0.
+        rate = base * (1.0 / (1.0 + math.exp(z))) if z < 709 else 0.0
     else:
         check(sp)
     return rate, current_step, msg

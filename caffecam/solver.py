@@ -321,7 +321,7 @@ class Solver:
 
     def _update(self, display):
         """SGDSolver::ApplyUpdate: the rate for this iteration, then clip, normalize, regularize, update."""
-        rate, self.current_step, msg = lr_policy.learning_rate(self.sp, self.iter, self.current_step)
+        rate, self.current_step, msg = lr_policy.learning_rate(self.sp, self.iter, self.current_step, self.where)
         rate = float(np.float32(rate))
         if msg:
             self._info(msg)

@@ -79,3 +79,17 @@ def test_errors_are_one_line(kw, text):
     with pytest.raises(CaffeCamError) as e:
         lr_policy.check(sp(**kw), "s.prototxt")
     assert text in str(e.value) and str(e.value).startswith("s.prototxt") and "\n" not in str(e.value)
+
+
+def test_sigmoid_far_before_its_step_is_zero_not_an_overflow():
+    # exp(-0.1·(0 − 10000)) = exp(1000) is beyond double range; Caffe's 1 / (1 + inf) = 0.
+    s = sp(lr_policy="sigmoid", base_lr=0.01, gamma=0.1, stepsize=10000)
+    assert lr_policy.learning_rate(s, 0)[0] == 0.0
+    assert lr_policy.learning_rate(s, 10000)[0] == pytest.approx(0.005)
+
+
+def test_a_rate_that_is_not_finite_is_a_one_line_error():
+    with pytest.raises(CaffeCamError, match=r"^s.prototxt: .*exp.* iteration 1000000"):
+        lr_policy.learning_rate(sp(lr_policy="exp", base_lr=0.01, gamma=1.001), 10 ** 6, where="s.prototxt")
+    with pytest.raises(CaffeCamError, match="iteration 20"):  # poly past max_iter: negative base, fractional power
+        lr_policy.learning_rate(sp(lr_policy="poly", base_lr=0.01, power=0.5, max_iter=10), 20)
