@@ -12,9 +12,11 @@ from torch import nn
 
 from caffecam.errors import CaffeCamError
 from caffecam.fillers import fill
+from caffecam.pool_geometry import caffe_pool_out, explicit_pool, pool_plan  # noqa: F401 (caffe_pool_out re-exported)
 from caffecam.proto import caffe_pb2
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+_LOG_FLT_MIN = math.log(1.1754943508222875e-38)
 # Types whose tops are fed from outside the net (by the data pipeline or the caller).
 INPUT_TYPES = {"Input", "Data", "ImageData"}
 
@@ -96,16 +98,6 @@ class Convolution(Layer):
         return [F.conv2d(x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)]
 
 
-def caffe_pool_out(size, k, s, p, ceil=True, padded=None):
-    """Caffe's pooled size: ceil((H + 2p − k) / s) + 1 (floor for FLOOR), minus one if the last window starts
-    in the padding. Caffe checks that in both dimensions when the layer has any padding (`padded`, default p > 0)."""
-    num = size + 2 * p - k
-    out = (-(-num // s) if ceil else num // s) + 1
-    if (p > 0 if padded is None else padded) and (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
 class Pooling(Layer):
     def setup(self, lp, shapes, gen):
         p = lp.pooling_param
@@ -128,60 +120,25 @@ class Pooling(Layer):
             self.stride = (p.stride_h, p.stride_w) if p.HasField("stride_h") else (p.stride,) * 2
         if any(pd >= k for pd, k in zip(self.pad, self.kernel)):
             self.fail(f"pad {self.pad} must be smaller than kernel {self.kernel}")
-        self.ceil = ceil = p.round_mode == p.CEIL
-        self.padded = any(self.pad)
-        self.out = tuple(caffe_pool_out(sz, k, s, pd, ceil, self.padded)
-                         for sz, k, s, pd in zip((h, w), self.kernel, self.stride, self.pad))
-        if min(self.out) < 1:
+        self.ceil = p.round_mode == p.CEIL
+        # Per input size: (output size, whether PyTorch's pooling matches Caffe's); worked out once, not every step.
+        self._plans = {(h, w): pool_plan((h, w), self.kernel, self.stride, self.pad, self.ceil)}
+        out = self._plans[(h, w)][0]
+        if min(out) < 1:
             self.fail(f"kernel {self.kernel} does not fit the {h}×{w} input")
-        return [(n, c) + self.out]
+        return [(n, c) + out]
 
     def forward(self, x):
-        h, w = x.shape[-2:]
-        out = tuple(caffe_pool_out(sz, k, s, pd, self.ceil, self.padded)
-                    for sz, k, s, pd in zip((h, w), self.kernel, self.stride, self.pad))
-        # FLOOR sizes always agree with PyTorch's (Caffe's last-window check cannot fire when pad < kernel).
-        torch_out = out if not self.ceil else tuple(
-            caffe_pool_out(sz, k, s, pd) if pd > 0 else _torch_ceil_out(sz, k, s)
-            for sz, k, s, pd in zip((h, w), self.kernel, self.stride, self.pad))
-        fast = out == torch_out and all(2 * pd <= k for pd, k in zip(self.pad, self.kernel))
-        if fast:
-            # PyTorch's pooling uses Caffe's rules exactly when the sizes agree: MAX skips padded cells,
-            # AVE with count_include_pad divides by the window clipped to the padded extent.
-            if self.max:
-                return [F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil)]
-            return [F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, count_include_pad=True)]
-        return [self._explicit(x, out)]
-
-    def _explicit(self, x, out):
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        h, w = x.shape[-2:]
-        extra_h = max(0, (out[0] - 1) * sh + kh - h - ph)
-        extra_w = max(0, (out[1] - 1) * sw + kw - w - pw)
+        hw = tuple(x.shape[-2:])
+        plan = self._plans.get(hw)
+        if plan is None:
+            plan = self._plans[hw] = pool_plan(hw, self.kernel, self.stride, self.pad, self.ceil)
+        out, fast = plan
+        if not fast:
+            return [explicit_pool(x, out, self.kernel, self.stride, self.pad, self.max)]
         if self.max:
-            # Caffe starts each max at −FLT_MAX: a window lying wholly past the edge (kernel < stride) yields that.
-            xp = F.pad(x, (pw, extra_w, ph, extra_h), value=-_FLT_MAX)
-            return F.max_pool2d(xp, self.kernel, self.stride)[..., : out[0], : out[1]]
-        xp = F.pad(x, (pw, extra_w, ph, extra_h))
-        sums = F.avg_pool2d(xp, self.kernel, self.stride, divisor_override=1)[..., : out[0], : out[1]]
-        # AVE divisor: the window clipped to the padded extent [−p, H + p).
-        def counts(n, k, s, p, size):
-            starts = torch.arange(n) * s - p
-            return (torch.clamp(starts + k, max=size + p) - starts).to(x.dtype)
-        div = counts(out[0], kh, sh, ph, h)[:, None] * counts(out[1], kw, sw, pw, w)[None, :]
-        return sums / div.to(x.device)
-
-
-_FLT_MAX = 3.4028234663852886e38
-_LOG_FLT_MIN = math.log(1.1754943508222875e-38)
-
-
-def _torch_ceil_out(size, k, s):
-    # PyTorch's ceil_mode output size with no padding: it also drops a last window starting at or past the edge.
-    out = -(-(size - k) // s) + 1
-    if (out - 1) * s >= size:
-        out -= 1
-    return out
+            return [F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil)]
+        return [F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, count_include_pad=True)]
 
 
 class LRN(Layer):

@@ -1,0 +1,59 @@
+"""Caffe's pooling geometry: output sizes, when PyTorch's pooling matches Caffe's, and the explicit fallback."""
+
+import torch
+import torch.nn.functional as F
+
+_FLT_MAX = 3.4028234663852886e38
+
+
+def caffe_pool_out(size, k, s, p, ceil=True, padded=None):
+    """Caffe's pooled size: ceil((H + 2p − k) / s) + 1 (floor for FLOOR), minus one if the last window starts
+    in the padding. Caffe checks that in both dimensions when the layer has any padding (`padded`, default p > 0)."""
+    num = size + 2 * p - k
+    out = (-(-num // s) if ceil else num // s) + 1
+    if (p > 0 if padded is None else padded) and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _torch_ceil_out(size, k, s):
+    # PyTorch's ceil_mode output size with no padding: it also drops a last window starting at or past the edge.
+    out = -(-(size - k) // s) + 1
+    if (out - 1) * s >= size:
+        out -= 1
+    return out
+
+
+def pool_plan(hw, kernel, stride, pad, ceil):
+    """(Caffe's output size (h, w), whether PyTorch's own pooling computes exactly Caffe's result) for input `hw`."""
+    padded = any(pad)
+    out = tuple(caffe_pool_out(sz, k, s, pd, ceil, padded) for sz, k, s, pd in zip(hw, kernel, stride, pad))
+    # FLOOR sizes always agree with PyTorch's (Caffe's last-window check cannot fire when pad < kernel).
+    torch_out = out if not ceil else tuple(
+        caffe_pool_out(sz, k, s, pd) if pd > 0 else _torch_ceil_out(sz, k, s)
+        for sz, k, s, pd in zip(hw, kernel, stride, pad))
+    # When the sizes agree, PyTorch uses Caffe's rules exactly: MAX skips padded cells, AVE with count_include_pad
+    # divides by the window clipped to the padded extent. PyTorch also requires pad ≤ kernel / 2.
+    return out, out == torch_out and all(2 * pd <= k for pd, k in zip(pad, kernel))
+
+
+def explicit_pool(x, out, kernel, stride, pad, is_max):
+    """Caffe's pooling where PyTorch's sizes differ: pad by hand to cover every window Caffe computes."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    h, w = x.shape[-2:]
+    extra_h = max(0, (out[0] - 1) * sh + kh - h - ph)
+    extra_w = max(0, (out[1] - 1) * sw + kw - w - pw)
+    if is_max:
+        # Caffe starts each max at −FLT_MAX: a window lying wholly past the edge (kernel < stride) yields that.
+        xp = F.pad(x, (pw, extra_w, ph, extra_h), value=-_FLT_MAX)
+        return F.max_pool2d(xp, kernel, stride)[..., : out[0], : out[1]]
+    xp = F.pad(x, (pw, extra_w, ph, extra_h))
+    sums = F.avg_pool2d(xp, kernel, stride, divisor_override=1)[..., : out[0], : out[1]]
+
+    # AVE divisor: the window clipped to the padded extent [−p, H + p).
+    def counts(n, k, s, p, size):
+        starts = torch.arange(n) * s - p
+        return (torch.clamp(starts + k, max=size + p) - starts).to(x.dtype)
+
+    div = counts(out[0], kh, sh, ph, h)[:, None] * counts(out[1], kw, sw, pw, w)[None, :]
+    return sums / div.to(x.device)
