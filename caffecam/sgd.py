@@ -78,8 +78,11 @@ class Updater:
 
     # -- the update ----------------------------------------------------------------------------------------------
     def grads(self):
+        """The .grad of each trainable parameter, in self.trainable order (zeros where backward did not reach).
+        Frozen parameters (lr_mult 0) get none: they add nothing to the clipping norm and are never updated."""
         out = []
-        for p in self.params:
+        for i in self.trainable:
+            p = self.params[i]
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             out.append(p.grad)
@@ -107,7 +110,7 @@ class Updater:
         n = len(self.params)
         for (lr_mult, decay_mult), idx in self.groups.items():
             w = [self.params[i] for i in idx]
-            g = [grads[i] for i in idx]
+            g = [p.grad for p in w]
             h = [self.history[i] for i in idx]
             h2 = [self.history[n + i] for i in idx] if kind in _TWO_HISTORIES else None
             local_decay = _f32(_f32(sp.weight_decay) * decay_mult)

@@ -312,10 +312,8 @@ class Solver:
         """The iteration's loss as a float; under torchrun also averages the gradients and agrees on stopping."""
         if self.group is None:
             return float(loss)
-        grads = self.updater.grads()
-        trainable = [grads[i] for i in self.updater.trainable]
         extras = torch.stack([loss.reshape(()), torch.tensor(float(self.stop_requested), device=loss.device)])
-        loss_sum, stops = self.group.average_grads(trainable, extras)
+        loss_sum, stops = self.group.average_grads(self.updater.grads(), extras)
         self.stop_requested = stops > 0
         return loss_sum / self.world_size
 
