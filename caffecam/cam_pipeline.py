@@ -1,6 +1,8 @@
 """The CAM pipeline over many images: decode ahead in threads, compute maps in batches on the device, write
-overlays, JSON and maps behind in threads; plus the localization scores of a CAM model on labelled images."""
+overlays, JSON and maps behind in threads; the localization scores of a CAM model on labelled images; and the
+command-line options scripts/cam.py and scripts/eval_loc.py share."""
 
+import argparse
 import io
 import json
 import os
@@ -14,7 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from caffecam.cam import CamModel, upsample_maps
+from caffecam.cam import DEFAULT_MEAN, CamModel, parse_mean, upsample_maps
 from caffecam.errors import CaffeCamError
 from caffecam.images import (
     DEFAULT_MAX_PIXELS,
@@ -25,7 +27,7 @@ from caffecam.images import (
     output_stems,
     overlay,
 )
-from caffecam.localize import DEFAULT_BOX_THRESHOLD, LocalizationTally, map_box, path_key, read_boxes
+from caffecam.localize import DEFAULT_BOX_THRESHOLD, LocalizationTally, format_summary, map_box, path_key, read_boxes
 from caffecam.prototxt import atomic_write_bytes
 
 # ---- the pipeline: decode ahead in threads, compute in batches, write behind in threads -----------------------------
@@ -197,7 +199,8 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
 
 
 def evaluate_localization(model, items, boxes, thresholds=(DEFAULT_BOX_THRESHOLD,),
-                          main_threshold=DEFAULT_BOX_THRESHOLD, batch_size=16, workers=None, progress=True):
+                          main_threshold=DEFAULT_BOX_THRESHOLD, batch_size=16, workers=None, progress=True,
+                          max_pixels=DEFAULT_MAX_PIXELS):
     """Top-1 accuracy, top-1 and GT-known localization accuracy of `model` (a caffecam.CamModel, or a Net with
     a GAP classifier) on `items` (InputItems with labels) against `boxes` ({path_key: [box]}, see read_boxes).
 
@@ -212,7 +215,64 @@ def evaluate_localization(model, items, boxes, thresholds=(DEFAULT_BOX_THRESHOLD
     if not any(it.label is not None for it in items):
         raise CaffeCamError("localization needs labelled images: give a list file (`path label` per line)")
     out = run_cam(model, items, None, box_threshold=main_threshold, batch_size=batch_size, workers=workers,
-                      boxes=boxes, thresholds=list(thresholds), progress=progress)
+                  boxes=boxes, thresholds=list(thresholds), max_pixels=max_pixels, progress=progress)
     summary = out["localization"]
     summary["failures"] = out["failures"]
     return summary
+
+
+# ---- command-line options shared by scripts/cam.py and scripts/eval_loc.py ---------------------------------------
+
+def add_model_args(p):
+    """The model, preprocessing, batching and box options of an argparse parser."""
+    p.add_argument("--model", help="deploy prototxt (a net ending in global average pooling + InnerProduct)")
+    p.add_argument("--weights", help=".caffemodel with the trained weights")
+    p.add_argument("--labels", help="class_labels.csv (`id name` per line); without it classes are shown by id")
+    p.add_argument("--mean", default=",".join(f"{v:g}" for v in DEFAULT_MEAN),
+                   help="B,G,R mean subtracted from the [0, 255] pixels (default %(default)s)")
+    p.add_argument("--feature-blob", help="blob holding the feature maps (default: found from the graph)")
+    p.add_argument("--fc-layer", help="classifier layer (default: the InnerProduct after the global average pooling)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on; faster on GPUs and on this CPU)")
+    p.add_argument("--workers", type=int, default=None, help="threads decoding and writing images (default: cores+1)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="reject images larger than this many pixels (default %(default)s)")
+    p.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD,
+                   help="box = largest region above this fraction of the map's maximum (default %(default)s)")
+    p.add_argument("--thresholds", help="box thresholds to score: a value, a list a,b,c or a sweep start:stop:step "
+                                        "(e.g. 0.1:0.5:0.05); --box-threshold is always included")
+    p.add_argument("--root", help="folder that relative paths in list files and boxes.csv start from "
+                                  "(default: the folder of each file)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_model_args(args, hint=""):
+    """One-line errors for the options of add_model_args; `hint` is appended to the missing-model message."""
+    if args.model is None or args.weights is None:
+        raise CaffeCamError(f"give --model DEPLOY.prototxt and --weights W.caffemodel{hint}")
+    if args.batch_size < 1:
+        raise CaffeCamError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise CaffeCamError(f"--workers {args.workers}: must be at least 1 (leave it out for cores+1)")
+    if not 0.0 <= args.box_threshold <= 1.0:
+        raise CaffeCamError(f"--box-threshold {args.box_threshold}: must lie in [0, 1]")
+    if args.max_pixels < 1:
+        raise CaffeCamError(f"--max-pixels {args.max_pixels}: must be positive")
+
+
+def model_from_args(args):
+    return CamModel.from_files(args.model, args.weights, args.labels, feature_blob=args.feature_blob,
+                               fc_layer=args.fc_layer, mean=parse_mean(args.mean), device="cpu" if args.cpu else None,
+                               channels_last=args.channels_last)
+
+
+def report_localization(summary, json_path=None, unscored_why="no label or no box"):
+    """Print the scores (and how many images went unscored); write them to `json_path` when given."""
+    for line in format_summary(summary):
+        print(line)
+    if summary["unscored"]:
+        print(f"not scored ({unscored_why}): {summary['unscored']} image(s)")
+    if json_path:
+        atomic_write_bytes(json_path, (json.dumps(summary, indent=1) + "\n").encode())

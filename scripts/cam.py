@@ -6,45 +6,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import json
 import re
 
-from caffecam.cam import DEFAULT_MEAN, CamModel, parse_mean
-from caffecam.cam_pipeline import run_cam
+from caffecam.cam_pipeline import add_model_args, check_model_args, model_from_args, report_localization, run_cam
 from caffecam.errors import CaffeCamError, main_guard
-from caffecam.images import DEFAULT_MAX_PIXELS, collect_inputs
-from caffecam.localize import DEFAULT_BOX_THRESHOLD, format_summary, parse_thresholds, read_boxes
-from caffecam.prototxt import atomic_write_bytes
+from caffecam.images import collect_inputs
+from caffecam.localize import parse_thresholds, read_boxes
 
 AUTO_MODEL = "prototxt/googlenet_cam_deploy.prototxt"
 AUTO_SNAPSHOTS = "snapshots"
 AUTO_PREFIX = "googlenet_cam_iter_"
 AUTO_LABELS = "data/class_labels.csv"
-
-
-def add_model_args(p):
-    """Options shared with eval_loc.py."""
-    p.add_argument("--model", help="deploy prototxt (a net ending in global average pooling + InnerProduct)")
-    p.add_argument("--weights", help=".caffemodel with the trained weights")
-    p.add_argument("--labels", help="class_labels.csv (`id name` per line); without it classes are shown by id")
-    p.add_argument("--mean", default=",".join(f"{v:g}" for v in DEFAULT_MEAN),
-                   help="B,G,R mean subtracted from the [0, 255] pixels (default %(default)s)")
-    p.add_argument("--feature-blob", help="blob holding the feature maps (default: found from the graph)")
-    p.add_argument("--fc-layer", help="classifier layer (default: the InnerProduct after the global average pooling)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on; faster on GPUs and on this CPU)")
-    p.add_argument("--workers", type=int, default=None, help="threads decoding and writing images (default: cores+1)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="reject images larger than this many pixels (default %(default)s)")
-    p.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD,
-                   help="box = largest region above this fraction of the map's maximum (default %(default)s)")
-    p.add_argument("--thresholds", help="box thresholds to score: a value, a list a,b,c or a sweep start:stop:step "
-                                        "(e.g. 0.1:0.5:0.05); --box-threshold is always included")
-    p.add_argument("--root", help="folder that relative paths in list files and boxes.csv start from "
-                                  "(default: the folder of each file)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser():
@@ -90,41 +62,23 @@ def newest_snapshot(folder, prefix):
 def resolve_auto(args):
     """Fill --model/--weights/--labels from the project's layout (relative to the current folder, the project root
     under `make`); say what to run when something is missing."""
-    rel = Path
     if args.model is None:
-        args.model = rel(AUTO_MODEL)
+        args.model = Path(AUTO_MODEL)
         if not args.model.exists():
             raise CaffeCamError(f"{AUTO_MODEL} not found: run `make prototxt` first")
     if args.weights is None:
-        folder = rel(AUTO_SNAPSHOTS)
+        folder = Path(AUTO_SNAPSHOTS)
         args.weights = newest_snapshot(folder, AUTO_PREFIX)
         if args.weights is None:
             raise CaffeCamError(f"no snapshot in {AUTO_SNAPSHOTS}/ ({AUTO_PREFIX}N.caffemodel): run `make train` "
                                 "first (or pass --weights)")
         print(f"using the newest snapshot: {args.weights}")
     if args.labels is None:
-        args.labels = rel(AUTO_LABELS)
+        args.labels = Path(AUTO_LABELS)
         if not args.labels.exists():
             raise CaffeCamError(f"{AUTO_LABELS} not found: run `make data` first (or pass --labels)")
     if not args.inputs:
         raise CaffeCamError("no image given: run `make cam IMAGE=path/to/image.jpg` (a file, a folder or a list)")
-
-
-def check_common(args):
-    if args.model is None or args.weights is None:
-        raise CaffeCamError("give --model DEPLOY.prototxt and --weights W.caffemodel (or --auto)")
-    if args.batch_size < 1:
-        raise CaffeCamError(f"--batch-size {args.batch_size}: must be at least 1")
-    if not 0.0 <= args.box_threshold <= 1.0:
-        raise CaffeCamError(f"--box-threshold {args.box_threshold}: must lie in [0, 1]")
-    if args.max_pixels < 1:
-        raise CaffeCamError(f"--max-pixels {args.max_pixels}: must be positive")
-
-
-def load_model(args):
-    return CamModel.from_files(args.model, args.weights, args.labels, feature_blob=args.feature_blob,
-                               fc_layer=args.fc_layer, mean=parse_mean(args.mean), device="cpu" if args.cpu else None,
-                               channels_last=args.channels_last)
 
 
 @main_guard
@@ -132,7 +86,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.auto:
         resolve_auto(args)
-    check_common(args)
+    check_model_args(args, " (or --auto)")
     if not args.inputs:
         raise CaffeCamError("no INPUT given: name image files, folders or list files")
     if not 0.0 <= args.alpha <= 1.0:
@@ -141,10 +95,12 @@ def main(argv=None):
     items = collect_inputs(args.inputs, args.root)
     if not items:
         raise CaffeCamError(f"no images found in {' '.join(args.inputs)}")
+    if args.eval_json and not args.eval_boxes:
+        raise CaffeCamError("--eval-json needs --eval-boxes BOXES_CSV (the scores it would hold)")
     boxes = read_boxes(args.eval_boxes, args.root) if args.eval_boxes else None
     if boxes is not None and not any(it.label is not None for it in items):
         raise CaffeCamError("--eval-boxes needs the true classes: give a list file (`path label` per line) as INPUT")
-    model = load_model(args)
+    model = model_from_args(args)
     if args.top_k > model.num_classes:
         raise CaffeCamError(f"--top-k {args.top_k}: the net has only {model.num_classes} classes")
     print(f"CAM of '{model.layers.feature_blob}' × '{model.layers.fc_layer}' on {model.device} for {len(items)} "
@@ -162,12 +118,7 @@ def main(argv=None):
         print(f"gallery: {result['gallery']}")
     summary = result["localization"]
     if summary is not None:
-        for line in format_summary(summary):
-            print(line)
-        if summary["unscored"]:
-            print(f"not scored (no label or no box): {summary['unscored']} image(s)")
-        if args.eval_json:
-            atomic_write_bytes(args.eval_json, (json.dumps(summary, indent=1) + "\n").encode())
+        report_localization(summary, args.eval_json)
     if result["failures"]:
         raise CaffeCamError(f"{len(result['failures'])} of {len(items)} image(s) failed (listed above)")
 

@@ -7,14 +7,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import json
 
-from caffecam.cam_pipeline import evaluate_localization
+from caffecam.cam_pipeline import (
+    add_model_args,
+    check_model_args,
+    evaluate_localization,
+    model_from_args,
+    report_localization,
+)
 from caffecam.errors import CaffeCamError, main_guard
 from caffecam.images import read_list_file
-from caffecam.localize import format_summary, parse_thresholds, read_boxes
-from caffecam.prototxt import atomic_write_bytes
-from scripts.cam import add_model_args, check_common, load_model
+from caffecam.localize import parse_thresholds, read_boxes
 
 
 def build_parser():
@@ -36,21 +39,18 @@ def build_parser():
 @main_guard
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    check_common(args)
+    check_model_args(args)
     thresholds = parse_thresholds(args.thresholds) if args.thresholds else [args.box_threshold]
     items = read_list_file(args.list, args.root)
     if not items:
         raise CaffeCamError(f"{args.list}: no images listed")
     boxes = read_boxes(args.boxes, args.root)
-    model = load_model(args)
+    model = model_from_args(args)
     summary = evaluate_localization(model, items, boxes, thresholds, main_threshold=args.box_threshold,
-                                    batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
-    for line in format_summary(summary):
-        print(line)
-    if summary["unscored"]:
-        print(f"not scored (no box in {args.boxes}): {summary['unscored']} image(s)")
+                                    batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
+                                    progress=not args.no_progress)
+    report_localization(summary, args.json, f"no box in {args.boxes}")
     if args.json:
-        atomic_write_bytes(args.json, (json.dumps(summary, indent=1) + "\n").encode())
         print(f"scores written to {args.json}")
     if summary["failures"]:
         raise CaffeCamError(f"{len(summary['failures'])} image(s) could not be read (listed above); the scores "
