@@ -40,6 +40,12 @@ class Layer(nn.Module):
             if p.HasField(f"{name}_h") != p.HasField(f"{name}_w"):
                 self.fail(f"give both {name}_h and {name}_w, or neither")
 
+    def need_positive(self, **fields):
+        """Caffe rejects zero kernel, stride, dilation and group sizes (here they would divide by zero)."""
+        for name, values in fields.items():
+            if min(values) < 1:
+                self.fail(f"{name} must be at least 1, got {values}")
+
     def need_bottoms(self, shapes, n):
         if len(shapes) != n:
             self.fail(f"expects {n} bottom blob(s), got {len(shapes)}")
@@ -75,6 +81,7 @@ class Convolution(Layer):
         self.stride = _pair(p.stride, p.stride_h, p.stride_w, p.HasField("stride_h"), 1, "stride", self)
         self.dilation = _pair(p.dilation, 0, 0, False, 1, "dilation", self)
         self.group = p.group
+        self.need_positive(kernel=self.kernel, stride=self.stride, dilation=self.dilation, group=(self.group,))
         if p.num_output == 0:
             self.fail("num_output is required")
         if c % self.group or p.num_output % self.group:
@@ -118,6 +125,7 @@ class Pooling(Layer):
             self.kernel = (p.kernel_h, p.kernel_w) if p.HasField("kernel_h") else (p.kernel_size,) * 2
             self.pad = (p.pad_h, p.pad_w) if p.HasField("pad_h") or p.HasField("pad_w") else (p.pad,) * 2
             self.stride = (p.stride_h, p.stride_w) if p.HasField("stride_h") else (p.stride,) * 2
+            self.need_positive(kernel=self.kernel, stride=self.stride)
         if any(pd >= k for pd, k in zip(self.pad, self.kernel)):
             self.fail(f"pad {self.pad} must be smaller than kernel {self.kernel}")
         self.ceil = p.round_mode == p.CEIL
@@ -228,6 +236,8 @@ class Dropout(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 1)
         self.ratio = lp.dropout_param.dropout_ratio
+        if not 0 <= self.ratio < 1:
+            self.fail(f"dropout_ratio must be in [0, 1), got {self.ratio:g}")
         return [shapes[0]]
 
     def forward(self, x):

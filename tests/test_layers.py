@@ -507,3 +507,19 @@ def test_pooling_random_geometries_match_reference():
         assert layer.top_shapes == [expect.shape] and y.shape == expect.shape, (kh, kw, sh, sw, ph, pw, h, w)
         np.testing.assert_allclose(y, expect, rtol=RTOL, atol=ATOL, equal_nan=True)
         checked += 1
+
+
+@pytest.mark.parametrize("text,what", [
+    ("type: 'Convolution' convolution_param { num_output: 2 kernel_size: 3 stride: 0 }", "stride"),
+    ("type: 'Convolution' convolution_param { num_output: 2 kernel_size: 0 }", "kernel"),
+    ("type: 'Convolution' convolution_param { num_output: 2 kernel_size: 3 dilation: 0 }", "dilation"),
+    ("type: 'Convolution' convolution_param { num_output: 2 kernel_size: 3 group: 0 }", "group"),
+    ("type: 'Pooling' pooling_param { kernel_size: 3 stride: 0 }", "stride"),
+    ("type: 'Pooling' pooling_param { kernel_h: 0 kernel_w: 2 }", "kernel"),
+    ("type: 'Dropout' dropout_param { dropout_ratio: 1.5 }", "dropout_ratio"),
+    ("type: 'Dropout' dropout_param { dropout_ratio: 1 }", "dropout_ratio"),
+])
+def test_zero_sizes_and_bad_dropout_ratio_are_errors(text, what):
+    # Caffe rejects these at set-up; unchecked they were a ZeroDivisionError or a torch error mid-training.
+    with pytest.raises(CaffeCamError, match=rf"'z'.*{what}"):
+        build(f"name: 'z' {text}", [(1, 2, 7, 7)], phase=TRAIN)
