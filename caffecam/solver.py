@@ -197,12 +197,29 @@ class Solver:
     def _inputs(self, feeds):
         out = {}
         for f in feeds:
-            for name, value in f.next().items():
+            try:
+                batch = f.next()
+            except CaffeCamError:
+                self._snapshot_before_failing()
+                raise
+            for name, value in batch.items():
                 t = torch.as_tensor(value).to(self.device, non_blocking=True)
                 if self.channels_last and t.dim() == 4:
                     t = t.contiguous(memory_format=torch.channels_last)
                 out[name] = t
         return out
+
+    def _snapshot_before_failing(self):
+        """A data error (e.g. an unreadable image) ends the run: keep the updates done since the last snapshot. The
+        state is consistent here: data is fetched before the iteration's update."""
+        if not self.root or self.iter == 0 or self._last_snapshot == self.iter:
+            return
+        try:
+            path = self.snapshot()
+        except CaffeCamError as exc:
+            self._warn(f"could not write a snapshot before stopping: {exc}")
+        else:
+            self._warn(f"stopping on the data error below; iterations so far are saved in {path}")
 
     def close(self):
         for feeds in [self.train_feeds, *self.test_feeds]:

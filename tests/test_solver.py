@@ -315,3 +315,19 @@ def test_train_state_stage_picks_the_data_layer(tmp_path):
     assert Solver(sp, path, "cpu", None, workers=0).batch_size == 3
     sp.train_state.stage.append("big")
     assert Solver(sp, path, "cpu", None, workers=0).batch_size == 5
+
+
+def test_a_data_error_mid_run_snapshots_the_work_done(tmp_path):
+    sp, path = image_solver(tmp_path, "corrupt", 20)
+    s = Solver(sp, path, "cpu", None, workers=0)
+    train = [s.train_feeds[0]._stream.item_index(q) for q in range(12)]
+    # an image neither the first train batch nor the first test pass (items 0-3) reads: it fails at iteration > 0
+    bad = next(i for i in range(4, 10) if i not in train[:3])
+    (tmp_path / "img" / f"{bad}.png").write_bytes(b"not a png")
+    with pytest.raises(CaffeCamError, match=rf"list.txt:{bad + 1}: image .* cannot be decoded"):
+        s.solve()
+    assert s.iter > 0
+    state = read_binary(f"{tmp_path}/corrupt/snap_iter_{s.iter}.solverstate", caffe_pb2.SolverState, "solverstate")
+    assert state.iter == s.iter
+    saved = caffemodel_arrays(f"{tmp_path}/corrupt/snap_iter_{s.iter}.caffemodel")
+    np.testing.assert_array_equal(saved[("fc", 0)], s.net.params["fc"][0].detach().numpy())
