@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from caffecam.errors import CaffeCamError
+from caffecam.textfile import content_lines
 
 DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pbm", ".pgm", ".ppm",
@@ -172,14 +173,7 @@ def read_list_file(path, root=None):
     path = Path(path)
     base = Path(root) if root is not None else path.parent
     items = []
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CaffeCamError(f"{path}: cannot read the list file ({exc})") from None
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for n, line in content_lines(path):
         name, _, label = line.rpartition(" ")
         if not name:
             name, label = label, None
