@@ -210,8 +210,7 @@ class Solver:
         return out
 
     def _snapshot_before_failing(self):
-        """A data error (e.g. an unreadable image) ends the run: keep the updates done since the last snapshot. The
-        state is consistent here: data is fetched before the iteration's update."""
+        """A data error ends the run: keep the updates since the last snapshot (data comes before an update)."""
         if not self.root or self.iter == 0 or self._last_snapshot == self.iter:
             return
         try:
