@@ -46,7 +46,7 @@ class Net(nn.Module):
 
         self.layer_params, self.input_blobs, self.blob_shapes = [], [], OrderedDict()
         self.layers = nn.ModuleList()
-        self.loss_weights = OrderedDict()
+        self.loss_weights, self.layer_by_name = OrderedDict(), OrderedDict()
         available = set()  # Caffe's net outputs: each layer removes its bottoms, then adds its tops
         for name, shape in netparam.legacy_inputs(net_param):
             self.input_blobs.append(name)
@@ -64,7 +64,7 @@ class Net(nn.Module):
                                         "by any earlier layer or input")
                 bottom_shapes = [self.blob_shapes[b] for b in lp.bottom]
                 available.difference_update(lp.bottom)
-            if any(lp.name == seen.name for seen in self.layer_params):
+            if lp.name in self.layer_by_name:
                 raise CaffeCamError(f"layer '{lp.name}': another layer of phase {caffe_pb2.Phase.Name(phase)} has "
                                     "this name; weights are matched by name, so rename one of them")
             for i, top in enumerate(lp.top):
@@ -76,12 +76,15 @@ class Net(nn.Module):
             if len(layer.top_shapes) != len(lp.top):
                 raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): has {len(lp.top)} tops, expects "
                                     f"{len(layer.top_shapes)}")
+            if len(lp.loss_weight) not in (0, len(lp.top)):
+                raise CaffeCamError(f"layer '{lp.name}': {len(lp.loss_weight)} loss_weight values for {len(lp.top)} "
+                                    "tops; give one per top blob, or none")
             if len(lp.param) > len(layer.blobs):
                 raise CaffeCamError(f"layer '{lp.name}': {len(lp.param)} param specs for {len(layer.blobs)} blobs")
             available.update(lp.top)
             for i, (top, shape) in enumerate(zip(lp.top, layer.top_shapes)):
                 self.blob_shapes[top] = shape
-                weight = lp.loss_weight[i] if i < len(lp.loss_weight) else (
+                weight = lp.loss_weight[i] if len(lp.loss_weight) else (
                     1.0 if lp.type.endswith("Loss") and i == 0 else 0.0)
                 if weight:
                     self.loss_weights[top] = weight
@@ -89,13 +92,13 @@ class Net(nn.Module):
                     self.loss_weights.pop(top, None)
             self.layer_params.append(lp)
             self.layers.append(layer)
+            self.layer_by_name[lp.name] = layer
         if not self.layers:
             raise CaffeCamError(f"net '{self.name}': no layers in phase {caffe_pb2.Phase.Name(phase)}")
         unknown = sorted(set(input_shapes) - set(self.input_blobs))
         if unknown:
             raise CaffeCamError(f"net '{self.name}': input_shapes names '{unknown[0]}', which is not an input of this "
                                 f"net in phase {caffe_pb2.Phase.Name(phase)} (inputs: {', '.join(self.input_blobs)})")
-        self.layer_by_name = OrderedDict((lp.name, layer) for lp, layer in zip(self.layer_params, self.layers))
         # Caffe's net outputs: blobs no later layer consumes (an in-place layer's top counts), sorted by name.
         self.output_blobs = sorted(available - set(self.input_blobs))
 

@@ -251,6 +251,8 @@ def test_data_layer_shapes_helper():
     ('layer { name: "p2" type: "Pooling" bottom: "data" top: "p2" pooling_param { kernel_size: 2 stride: 2 } } '
      'layer { name: "cat" type: "Concat" bottom: "data" bottom: "p2" top: "cat" }', r"'cat'"),
     ('layer { name: "tops" type: "ReLU" bottom: "data" top: "a" top: "b" }', r"'tops'"),
+    # Caffe: "loss_weight must be unspecified or specified once per top blob" (the extra value was ignored).
+    ('layer { name: "lw" type: "ReLU" bottom: "data" top: "r" loss_weight: 1 loss_weight: 0.5 }', r"'lw'.*loss_weight"),
 ])
 def test_errors_name_the_layer(bad, needle):
     head = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 7 dim: 7 } } }'
