@@ -127,12 +127,21 @@ class Progress:
             self.bar.close()
 
 
-def resume_command(args, state_path):
+def resume_command(args, state_path, world=1):
+    """The command that continues this run: same devices and process count (the data stream depends on them)."""
     script = os.path.relpath(Path(__file__).resolve())
     script = script if not script.startswith("..") else str(Path(__file__).resolve())
-    cmd = [sys.executable, script, "--solver", args.solver, "--snapshot", state_path]
+    launch = [sys.executable, script]
+    if world > 1 and args.gpu is None and int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}", script]
+    cmd = launch + ["--solver", args.solver, "--snapshot", state_path]
     if args.cpu:
         cmd.append("--cpu")
+    for flag, value in (("--gpu", args.gpu), ("--log", args.log)):
+        if value is not None:
+            cmd += [flag, value]
+    if args.bf16:
+        cmd.append("--bf16")
     return " ".join(shlex.quote(c) for c in cmd)
 
 
@@ -194,7 +203,7 @@ def main(argv=None):
                 (logger.info if same else logger.warning)(
                     f"weights identical on all {world} processes: {'yes' if same else 'NO (report this bug)'}")
         if result == "stopped" and logger is not None and solver.last_snapshot_path:
-            logger.info(f"To resume: {resume_command(args, solver.last_snapshot_path)}")
+            logger.info(f"To resume: {resume_command(args, solver.last_snapshot_path, world)}")
     except CaffeCamError as exc:
         if logger is not None:  # into the log file too; main_guard prints it to stderr
             logger.stream = None

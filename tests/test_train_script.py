@@ -173,3 +173,16 @@ def test_bf16_on_cpu_warns(tmp_path, monkeypatch, capsys):
     solver = setup(tmp_path, monkeypatch, max_iter=1)
     rc, err = run_main(["--solver", solver, "--cpu", "--bf16", "--workers", "0"], capsys)
     assert rc == 0 and "--bf16 applies to CUDA only" in err
+
+
+def test_resume_command_keeps_the_devices_and_process_count(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    args = train.parse_args(["--solver", "s.prototxt", "--gpu", "0,1", "--log", "my log.txt", "--bf16"])
+    cmd = train.resume_command(args, "snap/x_iter_5.solverstate", world=2)
+    assert cmd.endswith("--solver s.prototxt --snapshot snap/x_iter_5.solverstate --gpu 0,1 --log 'my log.txt' "
+                        "--bf16")
+    assert "torch.distributed.run" not in cmd  # --gpu 0,1 relaunches by itself
+    args = train.parse_args(["--solver", "s.prototxt"])  # started by torchrun with 4 processes
+    cmd = train.resume_command(args, "x.solverstate", world=4)
+    assert "-m torch.distributed.run --standalone --nproc_per_node=4 " in cmd
+    assert cmd.endswith("--solver s.prototxt --snapshot x.solverstate")
