@@ -115,7 +115,14 @@ class Pooling(Layer):
         if p.pool == p.STOCHASTIC:
             self.fail("STOCHASTIC pooling is not supported")
         self.max = p.pool == p.MAX
+        for name in ("pad", "stride"):
+            if p.HasField(name) and p.HasField(f"{name}_h"):
+                self.fail(f"give either {name} or {name}_h/{name}_w, not both")
         if p.global_pooling:
+            if any(p.HasField(f) for f in ("kernel_size", "kernel_h", "kernel_w")):
+                self.fail("global_pooling sets the kernel to the input size; remove kernel_size")
+            if p.pad or p.pad_h or p.pad_w or p.stride != 1 or p.stride_h > 1 or p.stride_w > 1:
+                self.fail("global_pooling allows only pad 0 and stride 1")
             self.kernel, self.pad, self.stride = (h, w), (0, 0), (1, 1)
         else:
             self.need_hw_pairs(p, ("kernel", "stride", "pad"))
@@ -198,7 +205,9 @@ class Concat(Layer):
         if not shapes:
             self.fail("needs at least one bottom")
         p = lp.concat_param
-        axis = p.concat_dim if p.HasField("concat_dim") and not p.HasField("axis") else p.axis
+        if p.HasField("concat_dim") and p.HasField("axis"):
+            self.fail("give either axis or concat_dim, not both")
+        axis = p.concat_dim if p.HasField("concat_dim") else p.axis
         self.axis = _axis(axis, len(shapes[0]), self)
         for s in shapes[1:]:
             if len(s) != len(shapes[0]) or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != self.axis):

@@ -523,3 +523,18 @@ def test_zero_sizes_and_bad_dropout_ratio_are_errors(text, what):
     # Caffe rejects these at set-up; unchecked they were a ZeroDivisionError or a torch error mid-training.
     with pytest.raises(CaffeCamError, match=rf"'z'.*{what}"):
         build(f"name: 'z' {text}", [(1, 2, 7, 7)], phase=TRAIN)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("type: 'Pooling' pooling_param { kernel_size: 3 pad: 1 pad_h: 2 pad_w: 2 }", "pad or pad_h"),
+    ("type: 'Pooling' pooling_param { kernel_size: 3 stride: 1 stride_h: 2 stride_w: 2 }", "stride or stride_h"),
+    ("type: 'Pooling' pooling_param { global_pooling: true kernel_size: 3 }", "kernel_size"),
+    ("type: 'Pooling' pooling_param { global_pooling: true stride: 2 }", "stride 1"),
+    ("type: 'Pooling' pooling_param { global_pooling: true pad: 1 }", "pad 0"),
+    ("type: 'Concat' bottom: 'a' bottom: 'b' concat_param { axis: 1 concat_dim: 2 }", "axis or concat_dim"),
+])
+def test_conflicting_fields_are_errors_as_in_caffe(text, needle):
+    # Caffe rejects these; one value used to win silently (pad_h over pad, axis over concat_dim, the input size over
+    # a global pool's kernel_size or stride).
+    with pytest.raises(CaffeCamError, match=rf"'cf'.*{needle}"):
+        build(f"name: 'cf' {text}", [(1, 2, 7, 7), (1, 2, 7, 7)] if "Concat" in text else [(1, 2, 7, 7)])
