@@ -8,6 +8,7 @@ iter (see Solver._reopen_feeds).
 
 import contextlib
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,18 @@ from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
 from caffecam.prototxt import read_binary, write_binary
 from caffecam.weights import array_to_blob, blob_to_array, copy_weights, read_caffemodel, save_caffemodel
+
+
+def check_writable(prefix, where):
+    """Caffe's CheckSnapshotWritePermissions: an unwritable snapshot folder fails at the start, not hours later."""
+    folder = Path(prefix).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test."):
+            pass
+    except OSError as exc:
+        raise CaffeCamError(f"{where}: cannot write snapshots to '{folder}' (snapshot_prefix '{prefix}'): "
+                            f"{exc.strerror or exc}; fix snapshot_prefix or the folder's permissions") from None
 
 
 def write(solver):
@@ -31,7 +44,10 @@ def write(solver):
     path = f"{solver.prefix}_iter_{solver.iter}.solverstate"
     if solver.log is not None:
         solver.log.solver_state(path)
-    write_binary(path, state)
+    try:
+        write_binary(path, state)
+    except OSError as exc:
+        raise CaffeCamError(f"{path}: cannot write ({exc.strerror or exc})") from None
     solver._last_snapshot, solver.last_snapshot_path = solver.iter, path
     return path
 

@@ -75,17 +75,17 @@ class Solver:
         lr_policy.check(sp, self.where)
         self.kind = sgd.solver_type(sp, self.where)
         self.prefix = solver_nets.snapshot_prefix(sp, self.where)
+        if self.root and (sp.snapshot or sp.snapshot_after_train):
+            snapshots.check_writable(self.prefix, solver_nets.field_line(self.where, "snapshot_prefix"))
         self.seed = sp.random_seed if sp.random_seed >= 0 else secrets.randbits(62)
         if group is not None and sp.random_seed < 0:
             self.seed = group.broadcast_int(self.seed)  # every rank must cut the same data stream
         self._feed_factory = feeds or data_feeds(workers)
-        self.iter, self.current_step = 0, 0
-        self.stop_requested, self.stopped = False, False
+        self.iter, self.current_step, self.stop_requested, self.stopped = 0, 0, False, False
         self._last_snapshot, self.last_snapshot_path = None, None
         self.train_feeds, self.test_feeds, self.test_nets = [], [], []
 
-        train_param, train_state = solver_nets.train_net(sp, self.where)
-        self.train_param, self.train_state = train_param, train_state
+        self.train_param, self.train_state = train_param, train_state = solver_nets.train_net(sp, self.where)
         self.train_feeds = self._open_feeds(train_param, train_state, 0)
         self.net = Net(train_param, TRAIN, input_shapes=self._shapes(self.train_feeds), seed=self._filler_seed(),
                        level=train_state.level, stages=tuple(train_state.stage))

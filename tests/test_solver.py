@@ -331,3 +331,9 @@ def test_a_data_error_mid_run_snapshots_the_work_done(tmp_path):
     assert state.iter == s.iter
     saved = caffemodel_arrays(f"{tmp_path}/corrupt/snap_iter_{s.iter}.caffemodel")
     np.testing.assert_array_equal(saved[("fc", 0)], s.net.params["fc"][0].detach().numpy())
+
+
+def test_an_unwritable_snapshot_folder_fails_at_the_start(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CaffeCamError, match=r"^solver.prototxt: cannot write snapshots to '.*file/sub' "):
+        linear_solver(SGD_TEXT + f" snapshot: 100 snapshot_prefix: \"{tmp_path}/file/sub/lin\"")
