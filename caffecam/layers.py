@@ -281,12 +281,8 @@ class SoftmaxWithLoss(Layer):
         return [()] + ([shapes[0]] if self.ntops > 1 else [])
 
     def forward(self, x, label):
-        logp = F.log_softmax(x, self.axis)
-        logp = logp.movedim(self.axis, -1).reshape(-1, x.shape[self.axis])
-        label = label.reshape(-1).long()
-        valid = torch.ones_like(label, dtype=torch.bool) if self.ignore is None else label != self.ignore
-        _check_labels(self, label, valid, x.shape[self.axis])
-        picked = logp.gather(1, torch.where(valid, label, 0)[:, None])[:, 0]
+        scores, label, valid = _scores_and_labels(self, x, label)
+        picked = F.log_softmax(scores, 1).gather(1, torch.where(valid, label, 0)[:, None])[:, 0]
         # Caffe takes −log(max(p, FLT_MIN)): a sample's loss tops out at 87.3365 (its gradient stays p − 1).
         picked = picked + (picked.clamp(min=_LOG_FLT_MIN) - picked).detach()
         total = -(picked * valid).sum()
@@ -306,12 +302,18 @@ class SoftmaxWithLoss(Layer):
         return tops
 
 
-def _check_labels(layer, label, valid, classes):
+def _scores_and_labels(layer, x, label):
+    """Scores as (samples, classes) with classes along `layer.axis`, int64 labels, and which labels count."""
+    classes = x.shape[layer.axis]
+    scores = x.movedim(layer.axis, -1).reshape(-1, classes)
+    label = label.reshape(-1).long()
+    valid = torch.ones_like(label, dtype=torch.bool) if layer.ignore is None else label != layer.ignore
     # An out-of-range label would be an index error here (a device-side assert on a GPU); Caffe aborts too.
     bad = valid & ((label < 0) | (label >= classes))
     if bool(bad.any()):
         layer.fail(f"label {int(label[bad][0])} is out of range for {classes} classes; the classifier's num_output "
                    "must exceed every label in the data")
+    return scores, label, valid
 
 
 class Accuracy(Layer):
@@ -326,10 +328,7 @@ class Accuracy(Layer):
 
     def forward(self, x, label):
         with torch.no_grad():
-            scores = x.movedim(self.axis, -1).reshape(-1, x.shape[self.axis])
-            label = label.reshape(-1).long()
-            valid = torch.ones_like(label, dtype=torch.bool) if self.ignore is None else label != self.ignore
-            _check_labels(self, label, valid, x.shape[self.axis])
+            scores, label, valid = _scores_and_labels(self, x, label)
             true_score = scores.gather(1, torch.where(valid, label, 0)[:, None])
             # Caffe: correct when fewer than top_k other classes score >= the true class (a tie counts against it;
             # all scores equal is wrong at any top_k < classes).
