@@ -54,12 +54,15 @@ def dims_text(shape):
     return f"{' '.join(str(d) for d in shape)} ({math.prod(shape)})" if shape else "scalar (1)"
 
 
+def total_params(net):
+    return sum(p.numel() for blobs in net.params.values() for p in blobs)
+
+
 def summary(net):
     """The --json structure: blob shapes in set-up order, learnable blob shapes per layer, total count."""
     params = {name: [list(p.shape) for p in blobs] for name, blobs in net.params.items()}
-    total = sum(p.numel() for blobs in net.params.values() for p in blobs)
     return {"blobs": {name: list(shape) for name, shape in net.blob_shapes.items()}, "params": params,
-            "total_params": total}
+            "total_params": total_params(net)}
 
 
 def text_lines(net):
@@ -74,8 +77,7 @@ def text_lines(net):
     for i, name in enumerate(net.output_blobs):
         weight = net.loss_weights.get(name)
         lines.append(f"Net output #{i}: {name}" + (f" (loss weight {weight:g})" if weight else ""))
-    total = sum(p.numel() for blobs in net.params.values() for p in blobs)
-    lines.append(f"Total parameters: {total} in {sum(len(b) for b in net.params.values())} blobs "
+    lines.append(f"Total parameters: {total_params(net)} in {sum(len(b) for b in net.params.values())} blobs "
                  f"of {len(net.params)} layers")
     return lines
 
