@@ -24,6 +24,7 @@ import scipy.io
 from caffecam.datum import encode_datum, lmdb_key, write_lmdb
 from caffecam.errors import CaffeCamError
 from caffecam.prototxt import atomic_write_bytes
+from caffecam.textfile import content_lines
 
 SKIP_TEST = "test image (img_train != 1)"
 SKIP_UNLABELLED = "no activity label (act_id == -1)"
@@ -121,17 +122,9 @@ def label_name(category):
 
 def read_class_list(path, known):
     """Class names, one a line (`name` or `id name`; underscores or spaces) -> {category: id}."""
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise CaffeCamError(f"{path}: cannot read class list ({exc.strerror})") from None
     by_label = {label_name(c): c for c in known}
     names, ids = [], []
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for n, line in content_lines(path):
         head, _, rest = line.partition(" ")
         if head.isdigit() and rest.strip():
             ids.append(int(head))

@@ -55,6 +55,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.resize < 1:
         raise CaffeCamError(f"--resize must be a positive size, got {args.resize}")
+    if args.workers is not None and args.workers < 1:
+        raise CaffeCamError(f"--workers must be at least 1 (or left out for all cores), got {args.workers}")
     prepare(args.annotations, args.images, args.out, n_classes=args.classes, class_list=args.class_list,
             val_fraction=args.val_fraction, seed=args.seed, lmdb=args.lmdb, resize=args.resize,
             workers=args.workers, progress=not args.no_progress)

@@ -129,6 +129,9 @@ def test_class_list_and_errors(tmp_path):
     (tmp_path / "bad.txt").write_text("walking\nswimming\n")
     with pytest.raises(CaffeCamError, match=r"bad.txt:2: unknown category 'swimming'"):
         prepare(mat, images, tmp_path / "o3", class_list=tmp_path / "bad.txt", progress=False)
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xd8\xff\xe0 a JPEG given as the class list")
+    with pytest.raises(CaffeCamError, match=r"binary.txt: cannot read"):
+        prepare(mat, images, tmp_path / "o3", class_list=tmp_path / "binary.txt", progress=False)
     with pytest.raises(CaffeCamError, match="more categories than the 6"):
         prepare(mat, images, tmp_path / "o3", n_classes=7, progress=False)
     (tmp_path / "junk.mat").write_bytes(b"not a mat file at all")
@@ -173,3 +176,7 @@ def test_script_writes_lmdb(tmp_path, capsys):
         prepare_mpii.main(["--annotations", str(tmp_path / "nope.mat"), "--images", str(images)])
     assert exc.value.code == 1
     assert capsys.readouterr().err.startswith("error: ")
+    with pytest.raises(SystemExit) as exc:
+        prepare_mpii.main(["--annotations", str(mat), "--images", str(images), "--lmdb", "--workers", "-1"])
+    assert exc.value.code == 1
+    assert capsys.readouterr().err == "error: --workers must be at least 1 (or left out for all cores), got -1\n"
