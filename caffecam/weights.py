@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from caffecam import netparam
 from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
 from caffecam.prototxt import read_binary, write_binary
@@ -40,15 +39,9 @@ def read_caffemodel(path):
 
 
 def caffemodel_blobs(net_param):
-    """[(layer name, layer type, [arrays])] for every layer of the file, blob-less ones included."""
-    out = []
-    if len(net_param.layers):
-        for v1 in net_param.layers:
-            kind = netparam.V1_TYPE_NAMES.get(v1.type, str(v1.type))
-            out.append((v1.name, kind, [blob_to_array(b) for b in v1.blobs]))
-    for lp in net_param.layer:
-        out.append((lp.name, lp.type, [blob_to_array(b) for b in lp.blobs]))
-    return out
+    """[(layer name, [arrays])] for every layer of the file (legacy `layers` and current `layer`), blob-less ones
+    included."""
+    return [(lp.name, [blob_to_array(b) for b in lp.blobs]) for lp in (*net_param.layers, *net_param.layer)]
 
 
 @dataclass
@@ -80,7 +73,7 @@ def copy_weights(net, source, path="weights"):
     """
     report = CopyReport()
     seen = set()
-    for name, _type, arrays in caffemodel_blobs(source):
+    for name, arrays in caffemodel_blobs(source):
         if not arrays:
             report.skipped_without_blobs += 1
             continue
