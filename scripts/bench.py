@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from caffecam import bench
+from caffecam import bench, bench_cam
 from caffecam.errors import CaffeCamError, main_guard
 from caffecam.prototxt import atomic_write_bytes
 
@@ -70,7 +70,7 @@ class Bench:
         self.cuda = self.device.type == "cuda"
         self.net = dict(num_classes=plan.num_classes, width_div=plan.width_div, input_size=plan.input_size)
         self.notes, self.sections, self.loads, self.gpu_memory = [], {}, {}, {}
-        self.torchcam = bench.torchcam_methods()
+        self.torchcam = bench_cam.torchcam_methods()
         if self.torchcam is None:
             self.notes.append("torchcam is not installed (pip install -r requirements-bench.txt): its entries are "
                               "null")
@@ -146,14 +146,14 @@ class Bench:
 
     def inference(self):
         p = self.plan
-        speeds = bench.inference_speeds(dict(self.net, batch=p.infer_batch), p.inference_rounds,
+        speeds = bench_cam.inference_speeds(dict(self.net, batch=p.infer_batch), p.inference_rounds,
                                         self.budget("inference"), self.device)
         return {"batch": p.infer_batch, "device": self.device.type,
                 "contiguous_images_per_s": speeds["contiguous"], "channels_last_images_per_s": speeds["channels_last"]}
 
     def cam(self):
         p = self.plan
-        s, maps_ms, checks = bench.cam_speeds(dict(self.net, batch=p.cam_batch), p.cam_rounds, self.budget("cam"),
+        s, maps_ms, checks = bench_cam.cam_speeds(dict(self.net, batch=p.cam_batch), p.cam_rounds, self.budget("cam"),
                                               self.device)
         tc, tg = s.get("torchcam_cam"), s.get("torchcam_gradcam")
         return {"batch": p.cam_batch, "device": self.device.type, "image_size": p.input_size,
@@ -170,7 +170,7 @@ class Bench:
 
     def end_to_end(self):
         p = self.plan
-        s = bench.cam_end_to_end(self.net, p.e2e_images, self.work / "e2e", p.e2e_rounds, self.budget("end_to_end"),
+        s = bench_cam.cam_end_to_end(self.net, p.e2e_images, self.work / "e2e", p.e2e_rounds, self.budget("end_to_end"),
                                  self.device, p.cam_batch)
         return {"images": p.e2e_images, "image_size": p.input_size, "batch": p.cam_batch,
                 "run_cam_images_per_s": s["run_cam"], "torchcam_pipeline_images_per_s": s.get("torchcam"),

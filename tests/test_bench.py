@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from caffecam import bench
+from caffecam import bench, bench_cam
 from caffecam.cam import CamModel
 from caffecam.models import tiny_cam_net
 from caffecam.net import Net
@@ -121,7 +121,7 @@ def test_without_torchcam_entries_are_null(tmp_path, monkeypatch, capsys):
         import bench as script
     finally:
         sys.path.remove(str(REPO / "scripts"))
-    monkeypatch.setattr(bench, "torchcam_methods", lambda: None)
+    monkeypatch.setattr(bench_cam, "torchcam_methods", lambda: None)
     out = tmp_path / "b.json"
     script.main(["--quick", "--out", str(out)])
     r = json.loads(out.read_text())
@@ -176,7 +176,7 @@ def test_torchcam_adapter_matches_numpy_cam():
 
     net = Net(tiny_cam_net(3, 32, batch=2), seed=5)
     model = CamModel(net, device="cpu")
-    adapter = bench.TorchcamAdapter(model)
+    adapter = bench_cam.TorchcamAdapter(model)
     x = torch.rand(2, 3, 32, 32) * 255 - 117
     with torch.inference_mode():
         blobs = net(x)
