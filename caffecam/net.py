@@ -9,6 +9,7 @@ from caffecam import netparam
 from caffecam.errors import CaffeCamError
 from caffecam.layers import INPUT_TYPES, make_layer
 from caffecam.proto import caffe_pb2
+from caffecam.prototxt import read_net
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
@@ -185,6 +186,4 @@ class Net(nn.Module):
 
 
 def load_net(path, phase=TEST, **kwargs):
-    from caffecam.prototxt import read_net
-
     return Net(read_net(path), phase, **kwargs)

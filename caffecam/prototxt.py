@@ -31,7 +31,7 @@ def parse_text(text, msg_type, filename="<string>"):
 def read_text(path, msg_type):
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # protobuf text format is UTF-8, whatever the locale
     except FileNotFoundError:
         raise CaffeCamError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
