@@ -114,7 +114,7 @@ class Pooling(Layer):
         n, c, h, w = shapes[0]
         if p.pool == p.STOCHASTIC:
             self.fail("STOCHASTIC pooling is not supported")
-        self.max = p.pool == p.MAX
+        self.max, self.global_pooling = p.pool == p.MAX, p.global_pooling
         for name in ("pad", "stride"):
             if p.HasField(name) and p.HasField(f"{name}_h"):
                 self.fail(f"give either {name} or {name}_h/{name}_w, not both")
@@ -144,6 +144,9 @@ class Pooling(Layer):
         return [(n, c) + out]
 
     def forward(self, x):
+        if self.global_pooling:
+            # The kernel is whatever size the input has now (Caffe reshapes it on every forward).
+            return [(F.max_pool2d if self.max else F.avg_pool2d)(x, tuple(x.shape[-2:]))]
         hw = tuple(x.shape[-2:])
         plan = self._plans.get(hw)
         if plan is None:

@@ -176,6 +176,10 @@ def test_pooling_global():
         assert layer.top_shapes == [(2, 3, 1, 1)]
         (y,) = run(layer, x)
         close(y, fn(x, axis=(2, 3), keepdims=True))
+        # Another input size (a fully convolutional net fed a bigger image): the kernel follows it, as in Caffe.
+        x2 = rand(2, 3, 9, 4, seed=7)
+        (y2,) = run(layer, x2)
+        close(y2, fn(x2, axis=(2, 3), keepdims=True))
 
 
 def test_pooling_never_picks_padding():
