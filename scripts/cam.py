@@ -95,6 +95,9 @@ def main(argv=None):
     items = collect_inputs(args.inputs, args.root)
     if not items:
         raise CaffeCamError(f"no images found in {' '.join(args.inputs)}")
+    for option, path in (("--gallery", args.gallery), ("--eval-json", args.eval_json)):
+        if path and Path(path).is_dir():
+            raise CaffeCamError(f"{option} {path}: is a folder; give a file name")
     if args.eval_json and not args.eval_boxes:
         raise CaffeCamError("--eval-json needs --eval-boxes BOXES_CSV (the scores it would hold)")
     boxes = read_boxes(args.eval_boxes, args.root) if args.eval_boxes else None

@@ -40,6 +40,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_model_args(args)
+    if args.json and Path(args.json).is_dir():
+        raise CaffeCamError(f"--json {args.json}: is a folder; give a file name such as {Path(args.json) / 'loc.json'}")
     thresholds = parse_thresholds(args.thresholds) if args.thresholds else [args.box_threshold]
     items = read_list_file(args.list, args.root)
     if not items:

@@ -158,6 +158,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.smooth is not None and args.smooth < 1:
         raise CaffeCamError(f"--smooth {args.smooth}: the window must be at least 1 point")
+    if Path(args.out).is_dir():
+        raise CaffeCamError(f"--out {args.out}: is a folder; give a file name such as {Path(args.out) / 'curves.png'}")
     paths = [Path(p) for p in args.logs]
     if not paths:
         paths = [find_latest_log(args.snapshots)]

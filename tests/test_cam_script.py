@@ -102,7 +102,8 @@ def test_single_image_top1_and_bad_options(tiny, tmp_path):
     assert cv2.imread(str(tmp_path / "a_cam.png")).shape == (45, 70, 3)
     for extra, what in ((["--top-k", 4], "only 3 classes"), (["--alpha", 2], "--alpha"),
                         (["--box-threshold", -1], "--box-threshold"), (["--mean", "1,2"], "--mean"),
-                        (["--workers", -1], "--workers"), (["--eval-json", tmp_path / "s.json"], "--eval-boxes")):
+                        (["--workers", -1], "--workers"), (["--eval-json", tmp_path / "s.json"], "--eval-boxes"),
+                        (["--gallery", tmp_path], "--gallery")):
         r = run(CAM, *common, *extra, "--out", tmp_path, d / "imgs" / "a.png")
         assert r.returncode == 1 and what in r.stderr and r.stderr.count("\n") == 1, r.stderr
     r = run(CAM, *common, tmp_path / "nowhere.png")
@@ -163,6 +164,9 @@ def test_localization_scores_by_hand(tmp_path):
     r = run(EVAL, *common, "--list", data / "val.txt", "--root", data, "--boxes", data / "boxes.csv",
             "--max-pixels", 10)
     assert r.returncode == 1 and "over the limit of 10 pixels" in r.stderr
+    r = run(EVAL, *common, "--list", data / "val.txt", "--root", data, "--boxes", data / "boxes.csv", "--json", data)
+    assert r.returncode == 1 and r.stderr == f"error: --json {data}: is a folder; give a file name such as " \
+                                             f"{data / 'loc.json'}\n"
     r = run(CAM, *common, "--out", tmp_path / "cam", "--eval-boxes", data / "boxes.csv", "--eval-json",
             tmp_path / "loc2.json", data / "val.txt")
     assert r.returncode == 0, r.stderr

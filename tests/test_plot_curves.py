@@ -135,6 +135,11 @@ def test_no_log_messages(tmp_path, capsys):
         plot_curves.main([str(allnan), "--out", str(tmp_path / "c.png")])
     assert "nothing to plot" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
+    with pytest.raises(SystemExit) as e:  # checked before any work, not a traceback at the end
+        plot_curves.main([str(allnan), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err == f"error: --out {tmp_path}: is a folder; give a file name such as " \
+                                        f"{tmp_path / 'curves.png'}\n"
 
 
 def test_cli_as_users_run_it(tmp_path):
