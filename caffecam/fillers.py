@@ -28,8 +28,12 @@ def fill(shape, filler, generator=None, where="filler"):
     if kind == "constant":
         return torch.full(shape, filler.value if filler is not None else 0.0)
     if kind == "uniform":
+        if filler.min > filler.max:
+            raise CaffeCamError(f"{where}: uniform filler has min {filler.min:g} above max {filler.max:g}")
         return torch.empty(shape).uniform_(filler.min, filler.max, generator=generator)
     if kind == "gaussian":
+        if filler.std < 0:
+            raise CaffeCamError(f"{where}: gaussian filler has a negative std {filler.std:g}")
         out = torch.empty(shape).normal_(filler.mean, filler.std, generator=generator)
         if filler.sparse >= 0:
             # Caffe keeps each weight with probability sparse / num_outputs (num_outputs = shape[0]).

@@ -99,3 +99,13 @@ def test_seeded_determinism(text):
 def test_unknown_filler_is_an_error():
     with pytest.raises(CaffeCamError, match="layer 'x'.*'bogus'"):
         fill((2, 2), filler("type: 'bogus'"), gen(), where="layer 'x'")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("type: 'uniform' min: 1 max: 0", "min 1 above max 0"),
+    ("type: 'gaussian' std: -0.1", "negative std -0.1"),
+])
+def test_impossible_filler_ranges_are_errors(text, needle):
+    # Caffe's random generators check these; torch raised its own RuntimeError (a traceback) here.
+    with pytest.raises(CaffeCamError, match=rf"layer 'x'.*{needle}"):
+        fill((2, 3), filler(text), gen(), where="layer 'x'")
