@@ -163,6 +163,8 @@ class LRN(Layer):
     def setup(self, lp, shapes, gen):
         p = lp.lrn_param
         self.need_bottoms(shapes, 1)
+        if len(shapes[0]) != 4:
+            self.fail(f"needs an N×C×H×W bottom, got {shapes[0]}")
         if p.local_size % 2 == 0:
             self.fail(f"local_size must be odd, got {p.local_size}")
         self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k

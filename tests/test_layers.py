@@ -542,3 +542,9 @@ def test_conflicting_fields_are_errors_as_in_caffe(text, needle):
     # a global pool's kernel_size or stride).
     with pytest.raises(CaffeCamError, match=rf"'cf'.*{needle}"):
         build(f"name: 'cf' {text}", [(1, 2, 7, 7), (1, 2, 7, 7)] if "Concat" in text else [(1, 2, 7, 7)])
+
+
+def test_lrn_needs_a_4d_bottom():
+    # Caffe: "Input must have 4 axes"; a 2-D bottom used to fail inside conv2d at the first forward.
+    with pytest.raises(CaffeCamError, match=r"'n'.*N×C×H×W"):
+        build("name: 'n' type: 'LRN'", [(2, 6)])
