@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 
-from caffecam.errors import main_guard
+from caffecam.errors import CaffeCamError, main_guard
 from caffecam.fetch import SOURCES, fetch
 
 
@@ -35,6 +35,8 @@ def build_parser():
 @main_guard
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if Path(args.dest).exists() and not Path(args.dest).is_dir():
+        raise CaffeCamError(f"--dest {args.dest}: is a file; give the folder to download into")
     for name in dict.fromkeys(args.names):
         fetch(name, args.dest, unpack=args.unpack, progress=not args.no_progress, mirror=args.mirror,
               retries=args.retries, retry_wait=args.retry_wait)

@@ -223,6 +223,12 @@ def test_script_fetches_and_unpacks_from_mirror(server, tmp_path, capsys):
     assert err.startswith("error:") and "expected 405fc5acd08a3bb12de8ee5e23a96bec22f08204" in err
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "bvlc_googlenet.caffemodel").exists()
+    (tmp_path / "a_file").write_bytes(b"")
+    with pytest.raises(SystemExit) as exc:
+        fetch_script.main(["bvlc_googlenet", "--dest", str(tmp_path / "a_file"), "--mirror", server.base])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err == f"error: --dest {tmp_path / 'a_file'}: is a file; give the folder to download into\n"
 
 
 def test_server_gone_after_partial_download_keeps_part(server, tmp_path):
