@@ -25,6 +25,8 @@ def fill(shape, filler, generator=None, where="filler"):
     """A float32 tensor of `shape` filled as Caffe's `filler` (a FillerParameter; None means constant 0)."""
     shape = tuple(int(d) for d in shape)
     kind = filler.type if filler is not None else "constant"
+    if math.prod(shape) == 0:
+        return torch.zeros(shape)  # nothing to fill (the fans below would divide by zero)
     if kind == "constant":
         return torch.full(shape, filler.value if filler is not None else 0.0)
     if kind == "uniform":

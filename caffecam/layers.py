@@ -278,10 +278,7 @@ class SoftmaxWithLoss(Layer):
         self.norm = lossp.normalization
         if lossp.HasField("normalize") and not lossp.HasField("normalization"):
             self.norm = lossp.VALID if lossp.normalize else lossp.BATCH_SIZE
-        outer = math.prod(shapes[0][: self.axis])
-        inner = math.prod(shapes[0][self.axis + 1:])
-        if math.prod(shapes[1]) != outer * inner:
-            self.fail(f"label count {math.prod(shapes[1])} does not match prediction shape {shapes[0]}")
+        _need_one_label_per_prediction(self, shapes)
         self.ntops = len(lp.top)
         return [()] + ([shapes[0]] if self.ntops > 1 else [])
 
@@ -307,6 +304,12 @@ class SoftmaxWithLoss(Layer):
         return tops
 
 
+def _need_one_label_per_prediction(layer, shapes):
+    outer, inner = math.prod(shapes[0][: layer.axis]), math.prod(shapes[0][layer.axis + 1:])
+    if math.prod(shapes[1]) != outer * inner:
+        layer.fail(f"label count {math.prod(shapes[1])} does not match prediction shape {shapes[0]}")
+
+
 def _scores_and_labels(layer, x, label):
     """Scores as (samples, classes) with classes along `layer.axis`, int64 labels, and which labels count."""
     classes = x.shape[layer.axis]
@@ -329,6 +332,7 @@ class Accuracy(Layer):
         self.ignore = p.ignore_label if p.HasField("ignore_label") else None
         if self.top_k > shapes[0][self.axis]:
             self.fail(f"top_k {self.top_k} exceeds the {shapes[0][self.axis]} classes")
+        _need_one_label_per_prediction(self, shapes)
         return [()]
 
     def forward(self, x, label):
@@ -347,6 +351,8 @@ class Flatten(Layer):
         nd = len(shapes[0])
         self.start = _axis(lp.flatten_param.axis, nd, self)
         self.end = _axis(lp.flatten_param.end_axis, nd, self)
+        if self.end < self.start:
+            self.fail(f"end_axis {self.end} comes before axis {self.start}")
         s = shapes[0]
         return [tuple(s[: self.start]) + (math.prod(s[self.start: self.end + 1]),) + tuple(s[self.end + 1:])]
 

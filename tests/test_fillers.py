@@ -109,3 +109,9 @@ def test_impossible_filler_ranges_are_errors(text, needle):
     # Caffe's random generators check these; torch raised its own RuntimeError (a traceback) here.
     with pytest.raises(CaffeCamError, match=rf"layer 'x'.*{needle}"):
         fill((2, 3), filler(text), gen(), where="layer 'x'")
+
+
+def test_empty_blob_fills_nothing():
+    # A zero-size blob (e.g. an Input dim of 0): nothing to draw, and no fan to divide by.
+    for text in ("type: 'xavier'", "type: 'msra'", "type: 'gaussian' sparse: 2", "type: 'positive_unitball'"):
+        assert fill((3, 0, 2), filler(text), gen()).shape == (3, 0, 2)

@@ -548,3 +548,14 @@ def test_lrn_needs_a_4d_bottom():
     # Caffe: "Input must have 4 axes"; a 2-D bottom used to fail inside conv2d at the first forward.
     with pytest.raises(CaffeCamError, match=r"'n'.*N×C×H×W"):
         build("name: 'n' type: 'LRN'", [(2, 6)])
+
+
+@pytest.mark.parametrize("text,shapes,needle", [
+    # Caffe: "Number of labels must match number of predictions"; a mismatch was a broadcasting error mid-run.
+    ("type: 'Accuracy' bottom: 'a' bottom: 'b' top: 'l'", [(2, 3, 7, 7), (2,)], "label count 2"),
+    # Caffe's count(start, end) aborts when end comes first; torch's flatten raised at the first forward.
+    ("type: 'Flatten' flatten_param { axis: 3 end_axis: 1 }", [(2, 3, 7, 7)], "end_axis 1 comes before axis 3"),
+])
+def test_mismatched_set_up_is_an_error(text, shapes, needle):
+    with pytest.raises(CaffeCamError, match=rf"'m'.*{needle}"):
+        build(f"name: 'm' {text}", shapes)
