@@ -8,10 +8,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from caffecam.errors import CaffeCamError
-from caffecam.fillers import fill
+from caffecam.layer_base import Layer, canonical_axis, hw_pair
 from caffecam.pool_geometry import caffe_pool_out, explicit_pool, pool_plan  # noqa: F401 (caffe_pool_out re-exported)
 from caffecam.proto import caffe_pb2
 
@@ -19,51 +18,6 @@ TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 _LOG_FLT_MIN = math.log(1.1754943508222875e-38)
 # Types whose tops are fed from outside the net (by the data pipeline or the caller).
 INPUT_TYPES = {"Input", "Data", "ImageData"}
-
-
-class Layer(nn.Module):
-    def __init__(self, lp, bottom_shapes, phase, generator=None):
-        super().__init__()
-        self.name, self.type, self.phase = lp.name, lp.type, phase
-        self.blobs = nn.ParameterList()
-        self.top_shapes = self.setup(lp, [tuple(s) for s in bottom_shapes], generator)
-
-    def fail(self, what):
-        raise CaffeCamError(f"layer '{self.name}' ({self.type}): {what}")
-
-    def add_blob(self, shape, filler, generator):
-        self.blobs.append(nn.Parameter(fill(shape, filler, generator, where=f"layer '{self.name}'")))
-
-    def need_hw_pairs(self, p, names):
-        """Caffe rejects a lone x_h or x_w for these fields (the other would silently be 0)."""
-        for name in names:
-            if p.HasField(f"{name}_h") != p.HasField(f"{name}_w"):
-                self.fail(f"give both {name}_h and {name}_w, or neither")
-
-    def need_positive(self, **fields):
-        """Caffe rejects zero kernel, stride, dilation and group sizes (here they would divide by zero)."""
-        for name, values in fields.items():
-            if min(values) < 1:
-                self.fail(f"{name} must be at least 1, got {values}")
-
-    def need_bottoms(self, shapes, n):
-        if len(shapes) != n:
-            self.fail(f"expects {n} bottom blob(s), got {len(shapes)}")
-
-
-def _pair(repeated, single_h, single_w, has_h, default, what, layer):
-    """Resolve Caffe's `x` (repeated, 0/1/2 values) or `x_h`/`x_w` form into (h, w)."""
-    if has_h:
-        if len(repeated):
-            layer.fail(f"give either {what} or {what}_h/{what}_w, not both")
-        return int(single_h), int(single_w)
-    if len(repeated) == 0:
-        return default, default
-    if len(repeated) == 1:
-        return int(repeated[0]), int(repeated[0])
-    if len(repeated) == 2:
-        return int(repeated[0]), int(repeated[1])
-    layer.fail(f"{what} has {len(repeated)} values; only 2-D convolution is supported")
 
 
 class Convolution(Layer):
@@ -74,12 +28,12 @@ class Convolution(Layer):
             self.fail(f"needs an N×C×H×W bottom, got {shapes[0]}")
         n, c, h, w = shapes[0]
         self.need_hw_pairs(p, ("kernel", "stride"))
-        self.kernel = _pair(p.kernel_size, p.kernel_h, p.kernel_w, p.HasField("kernel_h"), None, "kernel_size", self)
+        self.kernel = hw_pair(p.kernel_size, p.kernel_h, p.kernel_w, p.HasField("kernel_h"), None, "kernel_size", self)
         if self.kernel[0] is None:
             self.fail("kernel_size is required")
-        self.pad = _pair(p.pad, p.pad_h, p.pad_w, p.HasField("pad_h") or p.HasField("pad_w"), 0, "pad", self)
-        self.stride = _pair(p.stride, p.stride_h, p.stride_w, p.HasField("stride_h"), 1, "stride", self)
-        self.dilation = _pair(p.dilation, 0, 0, False, 1, "dilation", self)
+        self.pad = hw_pair(p.pad, p.pad_h, p.pad_w, p.HasField("pad_h") or p.HasField("pad_w"), 0, "pad", self)
+        self.stride = hw_pair(p.stride, p.stride_h, p.stride_w, p.HasField("stride_h"), 1, "stride", self)
+        self.dilation = hw_pair(p.dilation, 0, 0, False, 1, "dilation", self)
         self.group = p.group
         self.need_positive(kernel=self.kernel, stride=self.stride, dilation=self.dilation, group=(self.group,))
         if p.num_output == 0:
@@ -199,12 +153,6 @@ class ReLU(Layer):
         return [F.relu(x) if self.slope == 0 else F.leaky_relu(x, self.slope)]
 
 
-def _axis(axis, ndim, layer):
-    if not -ndim <= axis < ndim:
-        layer.fail(f"axis {axis} out of range for a {ndim}-D blob")
-    return axis % ndim
-
-
 class Concat(Layer):
     def setup(self, lp, shapes, gen):
         if not shapes:
@@ -213,7 +161,7 @@ class Concat(Layer):
         if p.HasField("concat_dim") and p.HasField("axis"):
             self.fail("give either axis or concat_dim, not both")
         axis = p.concat_dim if p.HasField("concat_dim") else p.axis
-        self.axis = _axis(axis, len(shapes[0]), self)
+        self.axis = canonical_axis(axis, len(shapes[0]), self)
         for s in shapes[1:]:
             if len(s) != len(shapes[0]) or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != self.axis):
                 self.fail(f"bottom shapes {shapes} differ outside the concat axis {self.axis}")
@@ -229,7 +177,7 @@ class InnerProduct(Layer):
     def setup(self, lp, shapes, gen):
         p = lp.inner_product_param
         self.need_bottoms(shapes, 1)
-        self.axis = _axis(p.axis, len(shapes[0]), self)
+        self.axis = canonical_axis(p.axis, len(shapes[0]), self)
         k = math.prod(shapes[0][self.axis:])
         if p.num_output == 0:
             self.fail("num_output is required")
@@ -262,7 +210,7 @@ class Dropout(Layer):
 class Softmax(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 1)
-        self.axis = _axis(lp.softmax_param.axis, len(shapes[0]), self)
+        self.axis = canonical_axis(lp.softmax_param.axis, len(shapes[0]), self)
         return [shapes[0]]
 
     def forward(self, x):
@@ -272,7 +220,7 @@ class Softmax(Layer):
 class SoftmaxWithLoss(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 2)
-        self.axis = _axis(lp.softmax_param.axis, len(shapes[0]), self)
+        self.axis = canonical_axis(lp.softmax_param.axis, len(shapes[0]), self)
         lossp = lp.loss_param
         self.ignore = lossp.ignore_label if lossp.HasField("ignore_label") else None
         self.norm = lossp.normalization
@@ -328,7 +276,7 @@ class Accuracy(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 2)
         p = lp.accuracy_param
-        self.top_k, self.axis = p.top_k, _axis(p.axis, len(shapes[0]), self)
+        self.top_k, self.axis = p.top_k, canonical_axis(p.axis, len(shapes[0]), self)
         self.ignore = p.ignore_label if p.HasField("ignore_label") else None
         if self.top_k > shapes[0][self.axis]:
             self.fail(f"top_k {self.top_k} exceeds the {shapes[0][self.axis]} classes")
@@ -349,8 +297,8 @@ class Flatten(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 1)
         nd = len(shapes[0])
-        self.start = _axis(lp.flatten_param.axis, nd, self)
-        self.end = _axis(lp.flatten_param.end_axis, nd, self)
+        self.start = canonical_axis(lp.flatten_param.axis, nd, self)
+        self.end = canonical_axis(lp.flatten_param.end_axis, nd, self)
         if self.end < self.start:
             self.fail(f"end_axis {self.end} comes before axis {self.start}")
         s = shapes[0]
