@@ -43,7 +43,7 @@ data: setup
 		--images $(MPII)/images --out data
 
 train: setup
-	$(PY) scripts/train.py --solver $(SOLVER) --weights $(WEIGHTS) $(TRAIN_ARGS)
+	$(PY) scripts/train.py --solver $(SOLVER) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(TRAIN_ARGS)
 
 cam: setup
 	@test -n "$(IMAGE)" || { echo "usage: make cam IMAGE=path/to/image_or_folder" >&2; exit 2; }
