@@ -36,6 +36,13 @@ class Layer(nn.Module):
         if len(shapes) != n:
             self.fail(f"expects {n} bottom blob(s), got {len(shapes)}")
 
+    def need_image_bottom(self, shapes):
+        """One N×C×H×W bottom (Convolution, Pooling, LRN); returns its shape."""
+        self.need_bottoms(shapes, 1)
+        if len(shapes[0]) != 4:
+            self.fail(f"needs an N×C×H×W bottom, got {shapes[0]}")
+        return shapes[0]
+
 
 def hw_pair(repeated, single_h, single_w, has_h, default, what, layer):
     """Resolve Caffe's `x` (repeated, 0/1/2 values) or `x_h`/`x_w` form into (h, w)."""

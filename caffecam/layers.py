@@ -23,10 +23,9 @@ INPUT_TYPES = {"Input", "Data", "ImageData"}
 class Convolution(Layer):
     def setup(self, lp, shapes, gen):
         p = lp.convolution_param
-        self.need_bottoms(shapes, 1)
-        if len(shapes[0]) != 4 or p.axis not in (1, -3):
-            self.fail(f"needs an N×C×H×W bottom, got {shapes[0]}")
-        n, c, h, w = shapes[0]
+        n, c, h, w = self.need_image_bottom(shapes)
+        if p.axis not in (1, -3):
+            self.fail(f"only axis 1 (channels of an N×C×H×W bottom) is supported, got axis {p.axis}")
         self.need_hw_pairs(p, ("kernel", "stride"))
         self.kernel = hw_pair(p.kernel_size, p.kernel_h, p.kernel_w, p.HasField("kernel_h"), None, "kernel_size", self)
         if self.kernel[0] is None:
@@ -62,10 +61,7 @@ class Convolution(Layer):
 class Pooling(Layer):
     def setup(self, lp, shapes, gen):
         p = lp.pooling_param
-        self.need_bottoms(shapes, 1)
-        if len(shapes[0]) != 4:
-            self.fail(f"needs an N×C×H×W bottom, got {shapes[0]}")
-        n, c, h, w = shapes[0]
+        n, c, h, w = self.need_image_bottom(shapes)
         if p.pool == p.STOCHASTIC:
             self.fail("STOCHASTIC pooling is not supported")
         self.max, self.global_pooling = p.pool == p.MAX, p.global_pooling
@@ -116,9 +112,7 @@ class Pooling(Layer):
 class LRN(Layer):
     def setup(self, lp, shapes, gen):
         p = lp.lrn_param
-        self.need_bottoms(shapes, 1)
-        if len(shapes[0]) != 4:
-            self.fail(f"needs an N×C×H×W bottom, got {shapes[0]}")
+        self.need_image_bottom(shapes)
         if p.local_size % 2 == 0:
             self.fail(f"local_size must be odd, got {p.local_size}")
         self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
