@@ -9,8 +9,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from caffecam import winograd
 from caffecam.errors import CaffeCamError
 from caffecam.layer_base import Layer, canonical_axis, hw_pair
+from caffecam.lrn import channel_band, lrn_across
 from caffecam.pool_geometry import caffe_pool_out, explicit_pool, pool_plan  # noqa: F401 (caffe_pool_out re-exported)
 from caffecam.proto import caffe_pb2
 
@@ -49,12 +51,17 @@ class Convolution(Layer):
         self.add_blob((p.num_output, c // self.group) + self.kernel, p.weight_filler if p.HasField("weight_filler")
                       else None, gen)
         self.bias_term = p.bias_term
+        # engine CAFFE asks for Caffe's own algorithm (direct convolution); DEFAULT and CUDNN let the engine choose.
+        self.winograd_allowed = p.engine != p.CAFFE
         if p.bias_term:
             self.add_blob((p.num_output,), p.bias_filler if p.HasField("bias_filler") else None, gen)
         return [(n, p.num_output, out[0], out[1])]
 
     def forward(self, x):
         bias = self.blobs[1] if self.bias_term else None
+        w = self.blobs[0]
+        if self.winograd_allowed and winograd.suits(x, w, self.stride, self.pad, self.dilation, self.group):
+            return [winograd.conv3x3(x, w, bias, self.group)]
         return [F.conv2d(x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)]
 
 
@@ -119,17 +126,12 @@ class LRN(Layer):
         self.across = p.norm_region == p.ACROSS_CHANNELS
         c = shapes[0][1]
         if self.across:
-            # Σ x² over the local_size channels centred on c, as a 1×1 convolution with a fixed banded weight.
-            idx = torch.arange(c)
-            band = ((idx[:, None] - idx[None, :]).abs() <= self.size // 2).float()
-            self.register_buffer("band", band.reshape(c, c, 1, 1), persistent=False)
+            self.register_buffer("band", channel_band(c, self.size), persistent=False)
         return [shapes[0]]
 
     def forward(self, x):
         if self.across:
-            # y = x · (k + alpha/n · Σ x²)^(−beta)
-            sq_sum = F.conv2d(x * x, self.band.to(x.dtype))
-            return [x * (self.k + (self.alpha / self.size) * sq_sum).pow(-self.beta)]
+            return [lrn_across(x, self.band, self.size, self.alpha, self.beta, self.k)]
         # WITHIN_CHANNEL: Caffe composes square → AVE pool (n×n, pad (n−1)/2) → power(shift 1, scale alpha):
         # y = x · (1 + alpha · mean of x² over the n×n window, padding counted)^(−beta); k is not used.
         pad = (self.size - 1) // 2
@@ -141,10 +143,13 @@ class ReLU(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 1)
         self.slope = lp.relu_param.negative_slope
+        self.inplace = False  # set by Net where Caffe's in-place form is safe for autograd (see Net.__init__)
         return [shapes[0]]
 
     def forward(self, x):
-        return [F.relu(x) if self.slope == 0 else F.leaky_relu(x, self.slope)]
+        if self.slope == 0:
+            return [F.relu_(x) if self.inplace else F.relu(x)]
+        return [F.leaky_relu(x, self.slope)]
 
 
 class Concat(Layer):

@@ -12,6 +12,10 @@ from caffecam.proto import caffe_pb2
 from caffecam.prototxt import read_net
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+# An in-place ReLU (top named as its bottom) overwrites its input, as Caffe does, only after these layers: their
+# backward does not read their output (Caffe saves the memory; here it also saves a pass over the blob). After any
+# other layer, or on a net input the caller owns, it writes a new tensor.
+_OVERWRITABLE = {"Convolution", "InnerProduct", "Concat"}
 
 
 def data_layer_shapes(lp):
@@ -48,6 +52,7 @@ class Net(nn.Module):
         self.layer_params, self.input_blobs, self.blob_shapes = [], [], OrderedDict()
         self.layers = nn.ModuleList()
         self.loss_weights, self.layer_by_name = OrderedDict(), OrderedDict()
+        producer = {}  # blob -> type of the layer that wrote it last, None once another layer has read it
         available = set()  # Caffe's net outputs: each layer removes its bottoms, then adds its tops
         for name, shape in netparam.legacy_inputs(net_param):
             self.input_blobs.append(name)
@@ -74,6 +79,10 @@ class Net(nn.Module):
                     raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): top blob '{top}' is already produced by "
                                         "an earlier layer or input; rename the top")
             layer = make_layer(lp, bottom_shapes, phase, generator)
+            if lp.type == "ReLU" and list(lp.top) == list(lp.bottom) and producer.get(lp.bottom[0]) in _OVERWRITABLE:
+                layer.inplace = True
+            producer.update(dict.fromkeys(lp.bottom))  # read: a later in-place ReLU must not change what it saw
+            producer.update(dict.fromkeys(lp.top, lp.type))
             if len(layer.top_shapes) != len(lp.top):
                 raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): has {len(lp.top)} tops, expects "
                                     f"{len(layer.top_shapes)}")

@@ -1,0 +1,205 @@
+"""3×3 convolution (stride 1, pad 1) by Winograd's minimal filtering F(2×2, 3×3), for the CPU.
+
+Caffe's CPU engine computes a convolution as im2col + GEMM; cuDNN, which Caffe uses on GPUs, picks Winograd for
+these layers. F(2×2, 3×3) computes each 2×2 output tile from a 4×4 input tile with 16 multiplications per channel
+pair instead of 36: one batched GEMM of 16 (tiles × C) @ (C × K) products, between cheap additions
+
+    Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A,      d: 4×4 input tile (stride 2), g: 3×3 filter, Y: 2×2 output tile,
+
+so the GEMM work is 16/36 = 0.44 of direct convolution's. Its transforms have coefficients 0, ±1 and ±½, and the
+results differ from direct convolution by float32 rounding only (both about 1e-7 of the largest output, tested
+against a float64 reference). Backward is the adjoint of the same linear maps: the input gradient is this
+convolution of the output gradient with the flipped, transposed filters, and the filter gradient is
+Gᵀ [Σ_tiles (Bᵀ d B)ᵀ (A gY Aᵀ)] G from the forward's transformed tiles.
+
+Tensors run through it as N×H×W×C, which is channels_last memory: a channels_last input costs no copy.
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+
+def _input_transform(xh, th, tw):
+    """N×H×W×C -> (16, N·th·tw, C): Bᵀ d B for each 4×4 tile d of the input padded by 1 (tiles 2 apart)."""
+    n, h, w, c = xh.shape
+    xp = F.pad(xh, (0, 0, 1, 1 + 2 * tw - w, 1, 1 + 2 * th - h))
+    # Bᵀ rows: (d0 − d2, d1 + d2, d2 − d1, d1 − d3), applied to the rows of every tile, then to the columns.
+    r0, r1, r2, r3 = (xp[:, j:j + 2 * th:2] for j in range(4))
+    rows = xh.new_empty((4, n, th, 2 * tw + 2, c))
+    torch.sub(r0, r2, out=rows[0])
+    torch.add(r1, r2, out=rows[1])
+    torch.sub(r2, r1, out=rows[2])
+    torch.sub(r1, r3, out=rows[3])
+    c0, c1, c2, c3 = (rows[:, :, :, j:j + 2 * tw:2] for j in range(4))
+    v = xh.new_empty((4, 4, n, th, tw, c))
+    torch.sub(c0, c2, out=v[:, 0])
+    torch.add(c1, c2, out=v[:, 1])
+    torch.sub(c2, c1, out=v[:, 2])
+    torch.sub(c1, c3, out=v[:, 3])
+    return v.view(16, n * th * tw, c)
+
+
+def _filter_transform(w):
+    """K×C×3×3 -> (16, K, C): G g Gᵀ for every filter, G rows (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2)."""
+    g = w.permute(0, 2, 3, 1)  # K×3×3×C: contiguous for channels_last weights
+    k, c = g.shape[0], g.shape[3]
+    rows = w.new_empty((4, k, 3, c))
+    rows[0] = g[:, 0]
+    half = 0.5 * (g[:, 0] + g[:, 2])
+    torch.add(half, g[:, 1], alpha=0.5, out=rows[1])
+    torch.sub(half, g[:, 1], alpha=0.5, out=rows[2])
+    rows[3] = g[:, 2]
+    u = w.new_empty((4, 4, k, c))
+    u[:, 0] = rows[:, :, 0]
+    half = 0.5 * (rows[:, :, 0] + rows[:, :, 2])
+    torch.add(half, rows[:, :, 1], alpha=0.5, out=u[:, 1])
+    torch.sub(half, rows[:, :, 1], alpha=0.5, out=u[:, 2])
+    u[:, 3] = rows[:, :, 2]
+    return u.view(16, k, c)
+
+
+def _filter_transform_adjoint(gu):
+    """(16, K, C) -> K×C×3×3 (channels_last memory): Gᵀ gU G, the filter gradient from the gradient of the
+    transformed filters. Gᵀ rows: (u0 + (u1+u2)/2, (u1−u2)/2, (u1+u2)/2 + u3)."""
+    gu = gu.view((4, 4) + gu.shape[1:])
+    k, c = gu.shape[2:]
+    rows = gu.new_empty((3, 4, k, c))
+    half = 0.5 * (gu[1] + gu[2])
+    torch.add(half, gu[0], out=rows[0])
+    torch.sub(gu[1], gu[2], out=rows[1]).mul_(0.5)
+    torch.add(half, gu[3], out=rows[2])
+    g = gu.new_empty((k, 3, 3, c))
+    half = 0.5 * (rows[:, 1] + rows[:, 2])
+    torch.add(half, rows[:, 0], out=g[:, :, 0].transpose(0, 1))
+    torch.sub(rows[:, 1], rows[:, 2], out=g[:, :, 1].transpose(0, 1)).mul_(0.5)
+    torch.add(half, rows[:, 3], out=g[:, :, 2].transpose(0, 1))
+    return g.permute(0, 3, 1, 2)
+
+
+def _output_transform(m, n, th, tw, h, w, bias=None):
+    """(16, N·th·tw, K) -> N×K×H×W in channels_last memory (a tensor of its own, not a view, so that an in-place
+    ReLU may follow): Aᵀ m A per tile, Aᵀ rows (m0 + m1 + m2, m1 − m2 − m3), plus the bias."""
+    k = m.shape[-1]
+    m = m.view(4, 4, n, th, tw, k)
+    rows = m.new_empty((2, 4, n, th, tw, k))
+    torch.add(m[0], m[1], out=rows[0]).add_(m[2])
+    torch.sub(m[1], m[2], out=rows[1]).sub_(m[3])
+    out = torch.empty((n, k, 2 * th, 2 * tw), dtype=m.dtype, device=m.device, memory_format=torch.channels_last)
+    y = out.permute(0, 2, 3, 1).view(n, th, 2, tw, 2, k)
+    for i in range(2):
+        torch.add(rows[i, 0], rows[i, 1], out=y[:, :, i, :, 0]).add_(rows[i, 2])
+        torch.sub(rows[i, 1], rows[i, 2], out=y[:, :, i, :, 1]).sub_(rows[i, 3])
+    if bias is not None:
+        y += bias
+    return out if (h, w) == out.shape[2:] else out[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
+
+
+def _output_transform_adjoint(gy, th, tw):
+    """N×H×W×K output gradient -> (16, N·th·tw, K): A gY Aᵀ per 2×2 tile, A rows (y0, y0 + y1, y0 − y1, −y1)."""
+    n, h, w, k = gy.shape
+    gp = F.pad(gy, (0, 0, 0, 2 * tw - w, 0, 2 * th - h))
+    rows = gy.new_empty((4, 2, n, th, tw, k))
+    for j in range(2):
+        y0, y1 = gp[:, 0::2, j::2], gp[:, 1::2, j::2]
+        rows[0, j] = y0
+        torch.add(y0, y1, out=rows[1, j])
+        torch.sub(y0, y1, out=rows[2, j])
+        torch.neg(y1, out=rows[3, j])
+    gm = gy.new_empty((4, 4, n, th, tw, k))
+    gm[:, 0] = rows[:, 0]
+    torch.add(rows[:, 0], rows[:, 1], out=gm[:, 1])
+    torch.sub(rows[:, 0], rows[:, 1], out=gm[:, 2])
+    torch.neg(rows[:, 1], out=gm[:, 3])
+    return gm.view(16, n * th * tw, k)
+
+
+def _conv_nhwc(xh, u, groups=1, bias=None):
+    """N×H×W×C input, transformed filters (16, K, C/groups) -> (N×K×H×W output, transformed input tiles)."""
+    n, h, w, c = xh.shape
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    v = _input_transform(xh, th, tw)
+    k, cg = u.shape[1:]
+    if groups == 1:
+        m = torch.bmm(v, u.transpose(1, 2))
+    else:
+        m = v.new_empty((16, v.shape[1], k))
+        kg = k // groups
+        for g in range(groups):
+            torch.bmm(v[:, :, g * cg:(g + 1) * cg], u[:, g * kg:(g + 1) * kg].transpose(1, 2),
+                      out=m[:, :, g * kg:(g + 1) * kg])
+    return _output_transform(m, n, th, tw, h, w, bias), v
+
+
+def _filter_grad_products(gm, v, groups):
+    """(16, P, K) tile gradients, (16, P, C) input tiles -> (16, K, C/groups): gMᵀ V within each group."""
+    if groups == 1:
+        return torch.bmm(gm.transpose(1, 2), v)
+    k, c = gm.shape[2], v.shape[2]
+    kg, cg = k // groups, c // groups
+    out = v.new_empty((16, k, cg))
+    for g in range(groups):
+        torch.bmm(gm[:, :, g * kg:(g + 1) * kg].transpose(1, 2), v[:, :, g * cg:(g + 1) * cg],
+                  out=out[:, g * kg:(g + 1) * kg])
+    return out
+
+
+def _nhwc(x):
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+class _Winograd3x3(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups):
+        y, v = _conv_nhwc(_nhwc(x), _filter_transform(weight), groups, bias)
+        ctx.save_for_backward(v, weight)
+        ctx.has_bias, ctx.groups = bias is not None, groups
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, weight = ctx.saved_tensors
+        groups = ctx.groups
+        gh = _nhwc(grad)
+        n, h, w, _ = gh.shape
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            # d/dx of a 'same' 3×3 convolution: the same convolution of dY with each group's filters transposed
+            # (K/g×C/g -> C/g×K/g) and flipped.
+            k, cg = weight.shape[:2]
+            flipped = weight.view(groups, k // groups, cg, 3, 3).transpose(1, 2).reshape(cg * groups, k // groups, 3, 3)
+            gx = _conv_nhwc(gh, _filter_transform(flipped.flip(2, 3)), groups)[0]
+        if ctx.needs_input_grad[1]:
+            gm = _output_transform_adjoint(gh, (h + 1) // 2, (w + 1) // 2)
+            gw = _filter_transform_adjoint(_filter_grad_products(gm, v, groups))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = gh.sum((0, 1, 2))
+        return gx, gw, gb, None
+
+
+def conv3x3(x, weight, bias=None, groups=1):
+    """Same as F.conv2d(x, weight, bias, stride=1, padding=1, groups=groups) for N×C×H×W x, K×C/groups×3×3 weight."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
+                                    (bias is not None and bias.requires_grad)):
+        return _Winograd3x3.apply(x, weight, bias, groups)
+    return _conv_nhwc(_nhwc(x), _filter_transform(weight), groups, bias)[0]
+
+
+def suits(x, weight, stride, pad, dilation, group):
+    """Whether conv3x3 computes this convolution and pays off on this CPU: a 3×3, stride 1, pad 1 float32 layer,
+    with channels per group wide enough and enough 2×2 tiles in the batch for the saved GEMM work to outweigh
+    the transforms' memory traffic (thresholds from timing GoogLeNet's 3×3 layers both ways; `make bench` reports
+    the gain on CAM_conv)."""
+    if not ENABLED or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
+        return False
+    k, c = weight.shape[0] // group, weight.shape[1]
+    n, _, h, w = x.shape
+    return (tuple(weight.shape[2:]) == (3, 3) and tuple(stride) == (1, 1) and tuple(pad) == (1, 1)
+            and tuple(dilation) == (1, 1) and min(c, k) >= MIN_CHANNELS
+            and n * ((h + 1) // 2) * ((w + 1) // 2) >= MIN_TILES)
+
+
+MIN_CHANNELS, MIN_TILES = 128, 384
+# CAFFECAM_WINOGRAD=0 turns it off everywhere (a layer's `engine: CAFFE` turns it off for that layer).
+ENABLED = os.environ.get("CAFFECAM_WINOGRAD", "1") != "0"
