@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from caffecam import winograd
 from caffecam.errors import CaffeCamError
 from caffecam.layer_base import Layer, canonical_axis, hw_pair
-from caffecam.lrn import channel_band, lrn_across
+from caffecam.lrn import lrn_across
 from caffecam.pool_geometry import caffe_pool_out, explicit_pool, pool_plan  # noqa: F401 (caffe_pool_out re-exported)
 from caffecam.proto import caffe_pb2
 
@@ -124,14 +124,11 @@ class LRN(Layer):
             self.fail(f"local_size must be odd, got {p.local_size}")
         self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
         self.across = p.norm_region == p.ACROSS_CHANNELS
-        c = shapes[0][1]
-        if self.across:
-            self.register_buffer("band", channel_band(c, self.size), persistent=False)
         return [shapes[0]]
 
     def forward(self, x):
         if self.across:
-            return [lrn_across(x, self.band, self.size, self.alpha, self.beta, self.k)]
+            return [lrn_across(x, self.size, self.alpha, self.beta, self.k)]
         # WITHIN_CHANNEL: Caffe composes square → AVE pool (n×n, pad (n−1)/2) → power(shift 1, scale alpha):
         # y = x · (1 + alpha · mean of x² over the n×n window, padding counted)^(−beta); k is not used.
         pad = (self.size - 1) // 2

@@ -16,6 +16,7 @@ Tensors run through it as N×H×W×C, which is channels_last memory: a channels_
 """
 
 import os
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -183,7 +184,24 @@ def conv3x3(x, weight, bias=None, groups=1):
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
                                     (bias is not None and bias.requires_grad)):
         return _Winograd3x3.apply(x, weight, bias, groups)
-    return _conv_nhwc(_nhwc(x), _filter_transform(weight), groups, bias)[0]
+    return _conv_nhwc(_nhwc(x), _transformed_filters(weight), groups, bias)[0]
+
+
+_filter_cache = {}  # id(weight) -> (weak reference to the weight, its version counter, transformed filters)
+
+
+def _transformed_filters(weight):
+    """_filter_transform(weight), kept between inference calls until the weight changes (any in-place update,
+    an optimizer step or load_state_dict, bumps its version counter) or is freed."""
+    key = id(weight)
+    hit = _filter_cache.get(key)
+    if hit is not None and hit[0]() is weight and hit[1] == weight._version:
+        return hit[2]
+    u = _filter_transform(weight)
+    if hit is None or hit[0]() is not weight:
+        weakref.finalize(weight, _filter_cache.pop, key, None)
+    _filter_cache[key] = (weakref.ref(weight), weight._version, u)
+    return u
 
 
 def suits(x, weight, stride, pad, dilation, group):
