@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 import torch
 
-from caffecam import sgd
+from caffecam import sgd, winograd
+from caffecam.allocator import keep_freed_memory
 from caffecam.data import BatchFeed, loader_throughput
 from caffecam.datum import encode_datum, lmdb_key, write_lmdb
 from caffecam.errors import CaffeCamError
@@ -104,8 +105,9 @@ class TrainStep:
     """GoogLeNet-CAM (head loss3, Input layer) with Caffe's SGD; calling it runs one training iteration."""
 
     def __init__(self, num_classes, width_div, input_size, batch, device="cpu", channels_last=False, bf16=False,
-                 seed=1):
+                 seed=1, winograd=True):
         self.device, self.channels_last, self.batch = torch.device(device), channels_last, batch
+        self.winograd = winograd  # False: every convolution direct, as with `engine: CAFFE` on each layer
         self.bf16 = bf16 and self.device.type == "cuda"
         param = googlenet_cam(num_classes, width_div, input_size, head="loss", batch=batch)
         self.net = Net(param, TRAIN, seed=seed).to(self.device)
@@ -130,9 +132,13 @@ class TrainStep:
     def __call__(self, inputs=None):
         for p in self.params:
             p.grad = None
-        with torch.autocast("cuda", torch.bfloat16, enabled=self.bf16):
-            loss = self.net.loss(self.net(inputs if inputs is not None else self.inputs))
-        loss.backward()
+        enabled, winograd.ENABLED = winograd.ENABLED, self.winograd and winograd.ENABLED
+        try:
+            with torch.autocast("cuda", torch.bfloat16, enabled=self.bf16):
+                loss = self.net.loss(self.net(inputs if inputs is not None else self.inputs))
+            loss.backward()
+        finally:
+            winograd.ENABLED = enabled
         value = float(loss.detach())  # the Solver reads the loss every iteration
         self.updater.step(0.001, self.iter)
         self.iter += 1
@@ -195,13 +201,17 @@ def _proc_status_kib(field):
 
 
 def memory_child(args_json):
-    """Run in a fresh process: build the net, then one training step; print its memory figures as JSON (MiB).
+    """Run in a fresh process: build the net, then one training step; print its memory figures as JSON (MiB), and
+    with "timed_steps" in the spec, the median images/s of that many more steps. "keep_memory" (default true)
+    says whether to call allocator.keep_freed_memory first, as scripts/train.py does.
 
     A child exec'd from a big process starts with that process's ru_maxrss (Linux keeps the old image's high-water
     mark across exec), so the high-water mark is reset after the build (/proc/self/clear_refs 5) and read back as
     VmHWM: the peak of this process alone. Without /proc, ru_maxrss after minus ru_maxrss before the step.
     """
     spec = json.loads(args_json)
+    kept = keep_freed_memory() if spec.pop("keep_memory", True) else False
+    timed_steps = spec.pop("timed_steps", 0)
     step = TrainStep(**spec)
     gc.collect()
     try:
@@ -213,14 +223,21 @@ def memory_child(args_json):
         method = "ru_maxrss after the step minus ru_maxrss after the build"
     step()
     peak = read() if read else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(timed_steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
     print(json.dumps({"baseline_mb": base / 1024, "peak_mb": peak / 1024, "step_mb": (peak - base) / 1024,
-                      "method": method}))
+                      "method": method, "keep_freed_memory": kept,
+                      "images_per_s": spec["batch"] / statistics.median(times) if times else None}))
 
 
-def cpu_step_memory(spec, timeout=300):
+def cpu_step_memory(spec, timeout=300, keep_memory=True, timed_steps=0):
     """memory_child in a subprocess; returns its figures."""
     code = "import sys; from caffecam.bench import memory_child; memory_child(sys.argv[1])"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), CAFFECAM_KEEP_MEMORY="1" if keep_memory else "0")
+    spec = dict(spec, keep_memory=keep_memory, timed_steps=timed_steps)
     try:
         out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
                              cwd=REPO, env=env, timeout=timeout)

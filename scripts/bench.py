@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from caffecam import bench, bench_cam
+from caffecam.allocator import keep_freed_memory
 from caffecam.errors import CaffeCamError, main_guard
 from caffecam.prototxt import atomic_write_bytes
 
@@ -44,6 +45,7 @@ class Plan:
     cpu_pipeline_steps: int = 3
     gpu_steps: int = 20  # GPU training steps per timed call
     gpu_pipeline_steps: int = 60
+    memory_timed_steps: int = 3  # training steps timed in each memory child (with and without keep_freed_memory)
     # Interleaved rounds per section (medians are taken over them), cut short by BUDGETS_S.
     train_rounds: int = 5
     inference_rounds: int = 5
@@ -56,8 +58,8 @@ class Plan:
 FULL = Plan()
 QUICK = replace(FULL, width_div=8, input_size=64, train_batch=4, infer_batch=4, cam_batch=4, e2e_images=6,
                 loader_images=12, source_size=(100, 75), resize=72, loader_batches=2, cpu_pipeline_steps=2,
-                gpu_steps=2, gpu_pipeline_steps=3, train_rounds=1, inference_rounds=2, cam_rounds=2, e2e_rounds=1,
-                loader_rounds=1, budget_scale=0.02)
+                gpu_steps=2, gpu_pipeline_steps=3, memory_timed_steps=1, train_rounds=1, inference_rounds=2,
+                cam_rounds=2, e2e_rounds=1, loader_rounds=1, budget_scale=0.02)
 
 
 def ratio(a, b):
@@ -101,9 +103,17 @@ class Bench:
 
     def memory(self):
         spec = dict(self.net, batch=self.plan.train_batch, channels_last=True)
-        cpu = bench.cpu_step_memory(spec)
+        steps = self.plan.memory_timed_steps
+        cpu = bench.cpu_step_memory(spec, keep_memory=True, timed_steps=steps)
+        plain = bench.cpu_step_memory(spec, keep_memory=False, timed_steps=steps)
         out = {"cpu_train_step_mb": cpu["step_mb"], "cpu_baseline_mb": cpu["baseline_mb"],
                "cpu_peak_mb": cpu["peak_mb"], "cpu_method": "child process: " + cpu["method"],
+               "keep_freed_memory": cpu["keep_freed_memory"],
+               "cpu_images_per_s_keep_freed_memory": cpu["images_per_s"],
+               "cpu_images_per_s_default_malloc": plain["images_per_s"],
+               "keep_freed_memory_speedup": ratio(cpu["images_per_s"], plain["images_per_s"]),
+               "cpu_peak_mb_default_malloc": plain["peak_mb"], "cpu_train_step_mb_default_malloc": plain["step_mb"],
+               "speed_method": f"median of {steps} steps after the measured one, one child process each",
                "cpu_memory_format": "channels_last", "gpu_fp32_train_step_mb": None, "gpu_fp32_peak_mb": None,
                "gpu_bf16_channels_last_train_step_mb": None, "gpu_bf16_channels_last_peak_mb": None,
                "gpu_method": "torch.cuda.max_memory_allocated during the step minus memory_allocated before it"}
@@ -112,12 +122,15 @@ class Bench:
     def train(self):
         p = self.plan
         spec = dict(self.net, batch=p.train_batch)
-        cpu, _ = bench.train_speeds(spec, {"contiguous": {}, "channels_last": {"channels_last": True}}, p.train_rounds,
-                                    self.budget("train"))
-        best = max(cpu.values())
+        configs = {"contiguous": {}, "channels_last": {"channels_last": True},
+                   "channels_last_direct": {"channels_last": True, "winograd": False}}
+        cpu, _ = bench.train_speeds(spec, configs, p.train_rounds, self.budget("train"))
+        best = max(cpu["contiguous"], cpu["channels_last"])
         out = {"batch": p.train_batch, "cpu_fp32_contiguous_images_per_s": cpu["contiguous"],
                "cpu_fp32_channels_last_images_per_s": cpu["channels_last"],
                "cpu_channels_last_speedup": ratio(cpu["channels_last"], cpu["contiguous"]),
+               "cpu_fp32_channels_last_direct_conv_images_per_s": cpu["channels_last_direct"],
+               "cpu_winograd_speedup": ratio(cpu["channels_last"], cpu["channels_last_direct"]),
                "caffe_reference_images_per_s": CAFFE_REFERENCE["images_per_s"],
                "caffe_reference_batch": CAFFE_REFERENCE["batch"], "caffe_reference": CAFFE_REFERENCE["what"],
                "cpu_vs_caffe": ratio(best, CAFFE_REFERENCE["images_per_s"]), "goal_cpu_vs_caffe": GOALS["cpu_vs_caffe"],
@@ -228,6 +241,12 @@ def report(r):
         f"  CPU fp32 contiguous      {fmt(t['cpu_fp32_contiguous_images_per_s'], '', 2)}",
         f"  CPU fp32 channels_last   {fmt(t['cpu_fp32_channels_last_images_per_s'], '', 2)}"
         f"   (×{fmt(t['cpu_channels_last_speedup'], '', 2)} vs contiguous)",
+        f"  CPU fp32 channels_last, every convolution direct (no Winograd) "
+        f"{fmt(t['cpu_fp32_channels_last_direct_conv_images_per_s'], '', 2)}"
+        f"   (Winograd ×{fmt(t['cpu_winograd_speedup'], '', 2)})",
+        f"  CPU in a fresh process, channels_last: {fmt(m['cpu_images_per_s_keep_freed_memory'], '', 2)} with "
+        f"keep_freed_memory, {fmt(m['cpu_images_per_s_default_malloc'], '', 2)} with glibc's default malloc "
+        f"(×{fmt(m['keep_freed_memory_speedup'], '', 2)})",
         f"  real Caffe 1.0 reference {t['caffe_reference_images_per_s']} (batch {t['caffe_reference_batch']}): "
         f"ours ×{fmt(t['cpu_vs_caffe'], '', 2)} (goal ×{t['goal_cpu_vs_caffe']:g})",
         f"  GPU fp32                 {fmt(t['gpu_fp32_images_per_s'])}",
@@ -256,7 +275,9 @@ def report(r):
         f"JPEGs -> {d['resize']} -> crop {d['crop']}: JPEG files {fmt(d['jpeg_images_per_s'])} images/s, "
         f"LMDB cache {fmt(d['lmdb_images_per_s'])} images/s",
         f"memory of one training step (batch {t['batch']}): CPU {fmt(m['cpu_train_step_mb'], ' MiB', 0)} "
-        f"({m['cpu_memory_format']}; peak RSS {fmt(m['cpu_peak_mb'], ' MiB', 0)}), "
+        f"({m['cpu_memory_format']}; peak RSS {fmt(m['cpu_peak_mb'], ' MiB', 0)}; with glibc's default malloc "
+        f"{fmt(m['cpu_train_step_mb_default_malloc'], ' MiB', 0)}, "
+        f"peak {fmt(m['cpu_peak_mb_default_malloc'], ' MiB', 0)}), "
         f"GPU fp32 {fmt(m['gpu_fp32_train_step_mb'], ' MiB', 0)} (peak {fmt(m['gpu_fp32_peak_mb'], ' MiB', 0)}), "
         f"GPU bf16 {fmt(m['gpu_bf16_channels_last_train_step_mb'], ' MiB', 0)} "
         f"(peak {fmt(m['gpu_bf16_channels_last_peak_mb'], ' MiB', 0)})",
@@ -300,6 +321,7 @@ def build_parser():
 @main_guard
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # as the training and CAM scripts do
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise CaffeCamError(f"--out {out}: is a folder; give a file name such as results/bench.json")

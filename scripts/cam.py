@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import re
 
+from caffecam.allocator import keep_freed_memory
 from caffecam.cam_pipeline import add_model_args, check_model_args, model_from_args, report_localization, run_cam
 from caffecam.errors import CaffeCamError, main_guard
 from caffecam.images import collect_inputs
@@ -87,6 +88,7 @@ def main(argv=None):
     if args.auto:
         resolve_auto(args)
     check_model_args(args, " (or --auto)")
+    keep_freed_memory()
     if not args.inputs:
         raise CaffeCamError("no INPUT given: name image files, folders or list files")
     if not 0.0 <= args.alpha <= 1.0:

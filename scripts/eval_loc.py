@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 
+from caffecam.allocator import keep_freed_memory
 from caffecam.cam_pipeline import (
     add_model_args,
     check_model_args,
@@ -40,6 +41,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_model_args(args)
+    keep_freed_memory()
     if args.json and Path(args.json).is_dir():
         raise CaffeCamError(f"--json {args.json}: is a folder; give a file name such as {Path(args.json) / 'loc.json'}")
     thresholds = parse_thresholds(args.thresholds) if args.thresholds else [args.box_threshold]

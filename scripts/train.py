@@ -18,6 +18,7 @@ import shlex
 import torch
 
 from caffecam import distributed, solver_nets
+from caffecam.allocator import keep_freed_memory
 from caffecam.errors import CaffeCamError, main_guard
 from caffecam.log import CaffeLogger
 from caffecam.proto import caffe_pb2
@@ -153,6 +154,7 @@ def main(argv=None):
         raise CaffeCamError("give --snapshot to resume training or --weights to fine-tune, not both")
     sp = read_solver(args.solver)
     maybe_relaunch(args, argv)
+    keep_freed_memory()
     rank, world, local_rank = distributed.env()
     weights = args.weights or ",".join(sp.weights)
     if weights and not args.snapshot:

@@ -33,7 +33,8 @@ EXPECTED = {
     "train": {"batch", "cpu_fp32_contiguous_images_per_s", "cpu_fp32_channels_last_images_per_s",
               "cpu_channels_last_speedup", "caffe_reference_images_per_s", "caffe_reference_batch", "cpu_vs_caffe",
               "goal_cpu_vs_caffe", "gpu_fp32_images_per_s", "gpu_bf16_channels_last_images_per_s",
-              "goal_gpu_bf16_images_per_s", "pipeline"},
+              "goal_gpu_bf16_images_per_s", "pipeline", "cpu_fp32_channels_last_direct_conv_images_per_s",
+              "cpu_winograd_speedup"},
     "inference": {"batch", "contiguous_images_per_s", "channels_last_images_per_s"},
     "cam": {"batch", "forward_images_per_s", "cam_images_per_s", "cam_overhead_ratio", "goal_cam_overhead_ratio",
             "loop_images_per_s", "cam_vs_loop", "maps_ms", "loop_maps_ms", "maps_vs_loop", "gradcam_images_per_s",
@@ -42,7 +43,9 @@ EXPECTED = {
                        "goal_speedup"},
     "loader": {"batch", "workers", "jpeg_images_per_s", "lmdb_images_per_s", "lmdb_vs_jpeg"},
     "memory": {"cpu_train_step_mb", "cpu_baseline_mb", "cpu_peak_mb", "gpu_fp32_train_step_mb", "gpu_fp32_peak_mb",
-               "gpu_bf16_channels_last_train_step_mb", "gpu_bf16_channels_last_peak_mb"},
+               "gpu_bf16_channels_last_train_step_mb", "gpu_bf16_channels_last_peak_mb", "keep_freed_memory",
+               "cpu_images_per_s_keep_freed_memory", "cpu_images_per_s_default_malloc", "keep_freed_memory_speedup",
+               "cpu_peak_mb_default_malloc", "cpu_train_step_mb_default_malloc"},
 }
 PIPELINE = {"images_per_s", "data_wait_fraction", "workers", "steps", "device"}
 SECTIONS = {"data", "memory", "train", "pipeline", "inference", "cam", "end_to_end", "loader"}
@@ -109,6 +112,11 @@ def test_quick_ratios_agree_with_their_parts(quick):
     assert c["maps_vs_loop"] == pytest.approx(c["loop_maps_ms"] / c["maps_ms"])
     assert d["lmdb_vs_jpeg"] == pytest.approx(d["lmdb_images_per_s"] / d["jpeg_images_per_s"])
     assert m["cpu_peak_mb"] - m["cpu_baseline_mb"] == pytest.approx(m["cpu_train_step_mb"])
+    assert t["cpu_winograd_speedup"] == pytest.approx(
+        t["cpu_fp32_channels_last_images_per_s"] / t["cpu_fp32_channels_last_direct_conv_images_per_s"])
+    assert m["keep_freed_memory_speedup"] == pytest.approx(
+        m["cpu_images_per_s_keep_freed_memory"] / m["cpu_images_per_s_default_malloc"])
+    assert m["keep_freed_memory"] is (sys.platform == "linux")
     assert (t["goal_cpu_vs_caffe"], c["goal_cam_overhead_ratio"], e["goal_speedup"]) == (3.0, 1.15, 2.0)
     if HAS_TORCHCAM:
         assert e["speedup"] == pytest.approx(e["run_cam_images_per_s"] / e["torchcam_pipeline_images_per_s"])
