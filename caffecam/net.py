@@ -5,7 +5,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from caffecam import netparam
+from caffecam import netparam, winograd
 from caffecam.errors import CaffeCamError
 from caffecam.layers import INPUT_TYPES, make_layer
 from caffecam.proto import caffe_pb2
@@ -176,6 +176,15 @@ class Net(nn.Module):
             if end is not None and lp.name == end:
                 break
         return blobs
+
+    def winograd_layers(self):
+        """Names of the Convolution layers that run as Winograd F(2×2, 3×3) on the CPU at the set-up shapes."""
+        if not winograd.ENABLED:
+            return []
+        return [lp.name for lp, layer in zip(self.layer_params, self.layers) if lp.type == "Convolution"
+                and layer.winograd_allowed and winograd.suits_shapes(self.blob_shapes[lp.bottom[0]],
+                                                                     layer.blobs[0].shape, layer.stride, layer.pad,
+                                                                     layer.dilation, layer.group)]
 
     def loss(self, blobs):
         """Caffe's objective: Σ loss_weight · sum(top) over the loss tops."""

@@ -205,15 +205,19 @@ def _transformed_filters(weight):
 
 
 def suits(x, weight, stride, pad, dilation, group):
-    """Whether conv3x3 computes this convolution and pays off on this CPU: a 3×3, stride 1, pad 1 float32 layer,
-    with channels per group wide enough and enough 2×2 tiles in the batch for the saved GEMM work to outweigh
-    the transforms' memory traffic (thresholds from timing GoogLeNet's 3×3 layers both ways; `make bench` reports
-    the gain on CAM_conv)."""
+    """Whether conv3x3 computes this convolution and pays off on this CPU: see suits_shapes; float32 on the CPU."""
     if not ENABLED or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
         return False
-    k, c = weight.shape[0] // group, weight.shape[1]
-    n, _, h, w = x.shape
-    return (tuple(weight.shape[2:]) == (3, 3) and tuple(stride) == (1, 1) and tuple(pad) == (1, 1)
+    return suits_shapes(x.shape, weight.shape, stride, pad, dilation, group)
+
+
+def suits_shapes(x_shape, weight_shape, stride, pad, dilation, group):
+    """A 3×3, stride 1, pad 1 layer with channels per group wide enough, and enough 2×2 tiles in the batch, for the
+    saved GEMM work to outweigh the transforms' memory traffic (thresholds from timing GoogLeNet's 3×3 layers both
+    ways; `make bench` reports the gain)."""
+    k, c = weight_shape[0] // group, weight_shape[1]
+    n, _, h, w = x_shape
+    return (tuple(weight_shape[2:]) == (3, 3) and tuple(stride) == (1, 1) and tuple(pad) == (1, 1)
             and tuple(dilation) == (1, 1) and min(c, k) >= MIN_CHANNELS
             and n * ((h + 1) // 2) * ((w + 1) // 2) >= MIN_TILES)
 
