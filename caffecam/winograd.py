@@ -16,7 +16,6 @@ Tensors run through it as N×H×W×C, which is channels_last memory: a channels_
 """
 
 import os
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +93,8 @@ def _output_transform(m, n, th, tw, h, w, bias=None):
         torch.sub(rows[i, 1], rows[i, 2], out=y[:, :, i, :, 1]).sub_(rows[i, 3])
     if bias is not None:
         y += bias
-    return out if (h, w) == out.shape[2:] else out[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
+    # clone: a crop that happens to be channels_last-contiguous would come back from .contiguous() as a view
+    return out if (h, w) == out.shape[2:] else out[:, :, :h, :w].clone(memory_format=torch.channels_last)
 
 
 def _output_transform_adjoint(gy, th, tw):
@@ -184,24 +184,8 @@ def conv3x3(x, weight, bias=None, groups=1):
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
                                     (bias is not None and bias.requires_grad)):
         return _Winograd3x3.apply(x, weight, bias, groups)
-    return _conv_nhwc(_nhwc(x), _transformed_filters(weight), groups, bias)[0]
+    return _conv_nhwc(_nhwc(x), _filter_transform(weight), groups, bias)[0]
 
-
-_filter_cache = {}  # id(weight) -> (weak reference to the weight, its version counter, transformed filters)
-
-
-def _transformed_filters(weight):
-    """_filter_transform(weight), kept between inference calls until the weight changes (any in-place update,
-    an optimizer step or load_state_dict, bumps its version counter) or is freed."""
-    key = id(weight)
-    hit = _filter_cache.get(key)
-    if hit is not None and hit[0]() is weight and hit[1] == weight._version:
-        return hit[2]
-    u = _filter_transform(weight)
-    if hit is None or hit[0]() is not weight:
-        weakref.finalize(weight, _filter_cache.pop, key, None)
-    _filter_cache[key] = (weakref.ref(weight), weight._version, u)
-    return u
 
 
 def suits(x, weight, stride, pad, dilation, group):

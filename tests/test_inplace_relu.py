@@ -217,10 +217,6 @@ def test_winograd_conv_with_inplace_relu_trains_like_direct_out_of_place(monkeyp
         torch.testing.assert_close(got.detach(), want.detach(), rtol=0, atol=2e-5 * float(want.detach().abs().max()))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="BUG: batch 1 with odd height and even width: winograd.conv3x3 returns a view of its own "
-                   "padded output, and the in-place ReLU after it raises 'Output 0 of _Winograd3x3 is a view and "
-                   "is being modified inplace' when training")
 def test_batch1_odd_height_winograd_conv_with_inplace_relu_trains():
     net = wide_net(1, 39, 40)  # 20 × 20 = 400 tiles: Winograd
     x = torch.from_numpy(rng_array((1, 128, 39, 40), 13)).float()
