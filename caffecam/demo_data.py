@@ -184,23 +184,3 @@ def make_demo_set(out="data/demo", classes=5, images=1200, size=96, seed=0, val_
             "class_labels": paths["class_labels.csv"], "boxes": paths["boxes.csv"], "n_train": len(train),
             "n_val": len(val), "classes": classes, "size": size,
             "class_names": [CLASSES[k][0] for k in range(classes)]}
-
-
-def read_boxes(path):
-    """boxes.csv -> {relpath: (x1, y1, x2, y2)} (pixels, x2/y2 exclusive); each line splits at its last 4 spaces."""
-    boxes = {}
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise CaffeCamError(f"{path}: cannot read boxes ({exc.strerror})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        parts = line.rsplit(" ", 4)
-        try:
-            boxes[parts[0]] = tuple(int(v) for v in parts[1:])
-            assert len(parts) == 5
-        except (ValueError, AssertionError):
-            raise CaffeCamError(f"{path}:{n}: expected `path x1 y1 x2 y2` with integer pixels, got {line!r}") from None
-    return boxes
