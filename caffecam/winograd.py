@@ -7,8 +7,8 @@ pair instead of 36: one batched GEMM of 16 (tiles × C) @ (C × K) products, bet
     Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A,      d: 4×4 input tile (stride 2), g: 3×3 filter, Y: 2×2 output tile,
 
 so the GEMM work is 16/36 = 0.44 of direct convolution's. Its transforms have coefficients 0, ±1 and ±½, and the
-results differ from direct convolution by float32 rounding only (both about 1e-7 of the largest output, tested
-against a float64 reference). Backward is the adjoint of the same linear maps: the input gradient is this
+results differ from direct convolution by float32 rounding only (both within a few 1e-7 of the largest output,
+tested against a float64 reference). Backward is the adjoint of the same linear maps: the input gradient is this
 convolution of the output gradient with the flipped, transposed filters, and the filter gradient is
 Gᵀ [Σ_tiles (Bᵀ d B)ᵀ (A gY Aᵀ)] G from the forward's transformed tiles.
 
@@ -185,7 +185,6 @@ def conv3x3(x, weight, bias=None, groups=1):
                                     (bias is not None and bias.requires_grad)):
         return _Winograd3x3.apply(x, weight, bias, groups)
     return _conv_nhwc(_nhwc(x), _filter_transform(weight), groups, bias)[0]
-
 
 
 def suits(x, weight, stride, pad, dilation, group):
