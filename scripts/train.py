@@ -4,6 +4,10 @@ Examples:
   python scripts/train.py --solver prototxt/googlenet_cam_solver.prototxt --weights weights/bvlc_googlenet.caffemodel
   python scripts/train.py --solver S.prototxt --snapshot snapshots/x_iter_1000.solverstate      (resume)
   torchrun --nproc_per_node=4 scripts/train.py --solver S.prototxt                              (multi-GPU / node)
+
+On the CPU, wide 3×3 convolutions run as Winograd F(2×2,3×3) (the log names them; `engine: CAFFE` on a layer or
+CAFFECAM_WINOGRAD=0 keeps them direct), and malloc keeps freed memory for the next step (CAFFECAM_KEEP_MEMORY=0
+turns that off).
 """
 
 import sys
