@@ -59,9 +59,9 @@ class Convolution(Layer):
 
     def forward(self, x):
         bias = self.blobs[1] if self.bias_term else None
-        w = self.blobs[0]
-        if self.winograd_allowed and winograd.suits(x, w, self.stride, self.pad, self.dilation, self.group):
-            return [winograd.conv3x3(x, w, bias, self.group)]
+        if self.winograd_allowed and winograd.suits(x, self.blobs[0], self.stride, self.pad, self.dilation,
+                                                    self.group):
+            return [winograd.conv3x3(x, self.blobs[0], bias, self.group)]
         return [F.conv2d(x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)]
 
 

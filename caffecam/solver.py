@@ -113,8 +113,9 @@ class Solver:
         if not self.net.loss_weights:
             raise CaffeCamError(f"{self.where}: net '{self.net.name}' has no loss layer (e.g. SoftmaxWithLoss)")
         self._check_labels()
-        if self.device.type == "cpu" and self.net.winograd_layers():  # engine: CAFFE or CAFFECAM_WINOGRAD=0: direct
-            self._info(f"Winograd F(2x2,3x3) convolution for {', '.join(self.net.winograd_layers())}")
+        fast = self.net.winograd_layers() if self.device.type == "cpu" else []  # engine: CAFFE keeps a layer direct
+        if fast:
+            self._info(f"Winograd F(2x2,3x3) convolution for {', '.join(fast)}")
         self.batch_size = self.train_feeds[0].batch_size
         self._losses, self.smoothed_loss = [], 0.0
         self.data_wait_s = 0.0  # time spent waiting for training batches (bench: how much data loading stalls)
