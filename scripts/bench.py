@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from caffecam import bench, bench_cam
 from caffecam.allocator import keep_freed_memory
+from caffecam.atomic import atomic_write_bytes
+from caffecam.bench import cam as bench_cam
+from caffecam.bench import training
 from caffecam.errors import CaffeCamError, main_guard
-from caffecam.prototxt import atomic_write_bytes
 
 CAFFE_REFERENCE = {"images_per_s": 4.6, "batch": 8,
                    "what": "real Caffe 1.0 with OpenBLAS training GoogLeNet-CAM on this 2-core CPU (issue 3)"}
@@ -97,15 +98,15 @@ class Bench:
     def data(self):
         p = self.plan
         self.images = self.work / "jpegs"
-        self.entries = bench.write_jpegs(self.images, p.loader_images, *p.source_size, p.num_classes)
+        self.entries = training.write_jpegs(self.images, p.loader_images, *p.source_size, p.num_classes)
         self.lmdb = self.work / "cache_lmdb"
-        bench.write_image_cache(self.lmdb, self.images, self.entries, p.resize)
+        training.write_image_cache(self.lmdb, self.images, self.entries, p.resize)
 
     def memory(self):
         spec = dict(self.net, batch=self.plan.train_batch, channels_last=True)
         steps = self.plan.memory_timed_steps
-        cpu = bench.cpu_step_memory(spec, keep_memory=True, timed_steps=steps)
-        plain = bench.cpu_step_memory(spec, keep_memory=False, timed_steps=steps)
+        cpu = training.cpu_step_memory(spec, keep_memory=True, timed_steps=steps)
+        plain = training.cpu_step_memory(spec, keep_memory=False, timed_steps=steps)
         out = {"cpu_train_step_mb": cpu["step_mb"], "cpu_baseline_mb": cpu["baseline_mb"],
                "cpu_peak_mb": cpu["peak_mb"], "cpu_method": "child process: " + cpu["method"],
                "keep_freed_memory": cpu["keep_freed_memory"],
@@ -124,7 +125,7 @@ class Bench:
         spec = dict(self.net, batch=p.train_batch)
         configs = {"contiguous": {}, "channels_last": {"channels_last": True},
                    "channels_last_direct": {"channels_last": True, "winograd": False}}
-        cpu, _ = bench.train_speeds(spec, configs, p.train_rounds, self.budget("train"))
+        cpu, _ = training.train_speeds(spec, configs, p.train_rounds, self.budget("train"))
         best = max(cpu["contiguous"], cpu["channels_last"])
         out = {"batch": p.train_batch, "cpu_fp32_contiguous_images_per_s": cpu["contiguous"],
                "cpu_fp32_channels_last_images_per_s": cpu["channels_last"],
@@ -138,12 +139,12 @@ class Bench:
                "goal_gpu_bf16_images_per_s": GOALS["gpu_bf16_images_per_s"]}
         if self.cuda:
             configs = {"fp32": {}, "bf16_cl": {"channels_last": True, "bf16": True}}
-            gpu, steps = bench.train_speeds(spec, configs, p.train_rounds, self.budget("train") / 4, p.gpu_steps,
+            gpu, steps = training.train_speeds(spec, configs, p.train_rounds, self.budget("train") / 4, p.gpu_steps,
                                             self.device)
             out["gpu_fp32_images_per_s"] = gpu["fp32"]
             out["gpu_bf16_channels_last_images_per_s"] = gpu["bf16_cl"]
             for name, key in (("fp32", "gpu_fp32"), ("bf16_cl", "gpu_bf16_channels_last")):
-                step_mb, peak_mb = bench.cuda_step_memory_mb(steps[name])
+                step_mb, peak_mb = training.cuda_step_memory_mb(steps[name])
                 self.gpu_memory.update({f"{key}_train_step_mb": step_mb, f"{key}_peak_mb": peak_mb})
             del steps
         return out
@@ -151,7 +152,7 @@ class Bench:
     def pipeline(self):
         p = self.plan
         steps = p.gpu_pipeline_steps if self.cuda else p.cpu_pipeline_steps
-        out = bench.pipeline_speed(dict(self.net, batch=p.train_batch), self.images / "list.txt", self.images,
+        out = training.pipeline_speed(dict(self.net, batch=p.train_batch), self.images / "list.txt", self.images,
                                    p.resize, steps, self.device, warmup=3 if self.cuda else 1)
         out.update(device=self.device.type, precision="bf16 autocast + channels_last" if self.cuda
                    else "fp32 channels_last", source_size=list(p.source_size), resize=p.resize)
@@ -194,7 +195,7 @@ class Bench:
     def loader(self):
         p = self.plan
         workers = min(8, os.cpu_count() or 2)
-        s = bench.loader_speeds(self.images / "list.txt", self.images, self.lmdb, p.resize, p.input_size,
+        s = training.loader_speeds(self.images / "list.txt", self.images, self.lmdb, p.resize, p.input_size,
                                 p.train_batch, p.loader_batches, p.loader_rounds, workers)
         return {"batch": p.train_batch, "workers": workers, "source_size": list(p.source_size), "resize": p.resize,
                 "crop": p.input_size, "jpeg_images_per_s": s["jpeg"], "lmdb_images_per_s": s["lmdb"],

@@ -9,10 +9,10 @@ import argparse
 import re
 
 from caffecam.allocator import keep_freed_memory
-from caffecam.cam_pipeline import add_model_args, check_model_args, model_from_args, report_localization, run_cam
+from caffecam.cam.localize import parse_thresholds, read_boxes
+from caffecam.cam.pipeline import add_model_args, check_model_args, model_from_args, report_localization, run_cam
+from caffecam.data.images import collect_inputs
 from caffecam.errors import CaffeCamError, main_guard
-from caffecam.images import collect_inputs
-from caffecam.localize import parse_thresholds, read_boxes
 
 AUTO_MODEL = "prototxt/googlenet_cam_deploy.prototxt"
 AUTO_SNAPSHOTS = "snapshots"

@@ -16,11 +16,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from caffecam import models
 from caffecam.errors import CaffeCamError, main_guard
+from caffecam.nets import demo
 
 DATA = Path("data/demo")
-SNAPSHOTS = Path(models.DEMO_SNAPSHOT_PREFIX).parent
+SNAPSHOTS = Path(demo.DEMO_SNAPSHOT_PREFIX).parent
 RESULTS = Path("results/demo")
 SOLVER = Path("prototxt/demo_solver.prototxt")
 DEPLOY = Path("prototxt/demo_deploy.prototxt")
@@ -53,13 +53,13 @@ def main(argv=None):
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     if not (DATA / "val.txt").exists() or not (DATA / "boxes.csv").exists():
-        run("data", ["scripts/make_demo_data.py", "--out", DATA, "--classes", models.DEMO_NUM_CLASSES,
-                     "--images", models.DEMO_IMAGES, "--size", models.DEMO_IMAGE_SIZE, "--seed", "0",
-                     "--min-scale", models.DEMO_MIN_SCALE, "--max-scale", models.DEMO_MAX_SCALE])
+        run("data", ["scripts/make_demo_data.py", "--out", DATA, "--classes", demo.DEMO_NUM_CLASSES,
+                     "--images", demo.DEMO_IMAGES, "--size", demo.DEMO_IMAGE_SIZE, "--seed", "0",
+                     "--min-scale", demo.DEMO_MIN_SCALE, "--max-scale", demo.DEMO_MAX_SCALE])
     else:
         print(f"== data: reusing {DATA} (make demo-clean to start over)")
 
-    final = Path(f"{models.DEMO_SNAPSHOT_PREFIX}_iter_{models.DEMO_MAX_ITER}.caffemodel")
+    final = Path(f"{demo.DEMO_SNAPSHOT_PREFIX}_iter_{demo.DEMO_MAX_ITER}.caffemodel")
     if not final.exists():
         cmd = ["scripts/train.py", "--solver", SOLVER, "--cpu", "--workers", args.workers]
         state = latest_solverstate()

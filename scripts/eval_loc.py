@@ -9,16 +9,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 
 from caffecam.allocator import keep_freed_memory
-from caffecam.cam_pipeline import (
+from caffecam.cam.localize import parse_thresholds, read_boxes
+from caffecam.cam.pipeline import (
     add_model_args,
     check_model_args,
     evaluate_localization,
     model_from_args,
     report_localization,
 )
+from caffecam.data.images import read_list_file
 from caffecam.errors import CaffeCamError, main_guard
-from caffecam.images import read_list_file
-from caffecam.localize import parse_thresholds, read_boxes
 
 
 def build_parser():

@@ -7,8 +7,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 
+from caffecam.data.fetch import SOURCES, fetch
 from caffecam.errors import CaffeCamError, main_guard
-from caffecam.fetch import SOURCES, fetch
 
 
 def build_parser():

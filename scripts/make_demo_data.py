@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 
-from caffecam.demo_data import CLASSES, MAX_CLASSES, make_demo_set
+from caffecam.data.demo import CLASSES, MAX_CLASSES, make_demo_set
 from caffecam.errors import main_guard
 
 EPILOG = f"""\

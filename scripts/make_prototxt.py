@@ -1,4 +1,4 @@
-"""Write the project's prototxt files (GoogLeNet-CAM full and demo nets and solvers) from caffecam.models."""
+"""Write the project's prototxt files (GoogLeNet-CAM full and demo nets and solvers) from caffecam.nets."""
 
 import sys
 from pathlib import Path
@@ -7,9 +7,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 
+from caffecam.atomic import atomic_write_bytes
 from caffecam.errors import CaffeCamError, main_guard
-from caffecam.models import prototxt_files, render
-from caffecam.prototxt import atomic_write_bytes
+from caffecam.nets.prototxt_files import prototxt_files, render
 
 
 def parse_args(argv):

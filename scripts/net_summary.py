@@ -9,11 +9,11 @@ import argparse
 import json
 import math
 
+from caffecam.engine.net import Net
+from caffecam.engine.prototxt import read_net
+from caffecam.engine.weights import load_weights
 from caffecam.errors import CaffeCamError, main_guard
-from caffecam.net import Net
 from caffecam.proto import caffe_pb2
-from caffecam.prototxt import read_net
-from caffecam.weights import load_weights
 
 
 def parse_input_shape(text):

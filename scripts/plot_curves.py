@@ -15,9 +15,9 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
+from caffecam.atomic import atomic_write_bytes
 from caffecam.errors import CaffeCamError, main_guard  # noqa: E402
-from caffecam.log import parse_log, write_csv  # noqa: E402
-from caffecam.prototxt import atomic_write_bytes  # noqa: E402
+from caffecam.train.log import parse_log, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 ACCURACY_RX = re.compile(r"acc|top-?\d", re.I)

@@ -7,8 +7,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 
+from caffecam.data.mpii import prepare
 from caffecam.errors import CaffeCamError, main_guard
-from caffecam.mpii import prepare
 
 EPILOG = """\
 outputs (in --out):

@@ -21,15 +21,15 @@ import shlex
 
 import torch
 
-from caffecam import distributed, solver_nets
 from caffecam.allocator import keep_freed_memory
+from caffecam.engine.prototxt import read_solver
+from caffecam.engine.weights import load_weights
 from caffecam.errors import CaffeCamError, main_guard
-from caffecam.log import CaffeLogger
 from caffecam.proto import caffe_pb2
-from caffecam.prototxt import read_solver
-from caffecam.snapshots import stop_on_signals
-from caffecam.solver import Solver
-from caffecam.weights import load_weights
+from caffecam.train import distributed, solver_nets
+from caffecam.train.log import CaffeLogger
+from caffecam.train.snapshots import stop_on_signals
+from caffecam.train.solver import Solver
 
 
 def parse_args(argv):

@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import torch
 
-from caffecam.log import CaffeLogger
+from caffecam.engine.prototxt import parse_text
 from caffecam.proto import caffe_pb2
-from caffecam.prototxt import parse_text
-from caffecam.solver import Solver
+from caffecam.train.log import CaffeLogger
+from caffecam.train.solver import Solver
 
 D, K = 5, 3  # features, classes
 LINEAR_NET = f"""

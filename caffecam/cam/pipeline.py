@@ -1,0 +1,284 @@
+"""The CAM pipeline over many images: decode ahead in threads, compute maps in batches on the device, write
+overlays, JSON and maps behind in threads; the localization scores of a CAM model on labelled images; and the
+command-line options scripts/cam.py and scripts/eval_loc.py share."""
+
+import argparse
+import io
+import json
+import os
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from caffecam.atomic import atomic_write_bytes
+from caffecam.cam.drawing import contact_sheet, overlay
+from caffecam.cam.localize import (
+    DEFAULT_BOX_THRESHOLD,
+    LocalizationTally,
+    format_summary,
+    map_box,
+    path_key,
+    read_boxes,
+)
+from caffecam.cam.maps import DEFAULT_MEAN, CamModel, parse_mean, upsample_maps
+from caffecam.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, InputItem, load_image, output_stems
+from caffecam.errors import CaffeCamError
+
+# ---- the pipeline: decode ahead in threads, compute in batches, write behind in threads -----------------------------
+
+@dataclass
+class CamResult:
+    item: InputItem
+    image: np.ndarray | None  # the original image, H×W×3 BGR (None when it failed)
+    error: str | None = None
+    class_ids: np.ndarray | None = None  # (K,)
+    probs: np.ndarray | None = None  # (K,)
+    maps: np.ndarray | None = None  # (K, h, w) raw maps at feature resolution, rank order
+    label_map: np.ndarray | None = None  # (h, w) map of the item's label, when asked for
+
+
+# Overlays are photos under a heat map: deflate level 1 with run-length matching on left-differenced rows encodes
+# them ×2–2.5 faster than OpenCV's default filters and strategy, in files within 10 % of the same size (measured).
+PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+            cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
+
+
+def _ordered(pool, fn, items, window):
+    pending = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def iter_cams(model, items, top_k=1, batch_size=16, workers=None, label_maps=False, max_pixels=DEFAULT_MAX_PIXELS):
+    """One CamResult per InputItem, in order. Images are decoded and preprocessed by a thread pool ahead of the
+    batched forward; a file that fails to load gives a result with `error` set and no maps."""
+    workers = workers or min(8, (os.cpu_count() or 2) + 1)
+
+    def decode(item):
+        try:
+            if label_maps and item.label is not None and not 0 <= item.label < model.num_classes:
+                raise ImageLoadError(f"{item.path}: label {item.label} is outside the net's {model.num_classes} "
+                                     "classes")
+            image = load_image(item.path, max_pixels)
+            return CamResult(item, image), model.preprocess(image)
+        except ImageLoadError as exc:
+            return CamResult(item, None, str(exc)), None
+
+    def flush(group):
+        ready = [(r, x) for r, x in group if x is not None]
+        if ready:
+            extra = None
+            if label_maps:
+                extra = np.array([[r.item.label if r.item.label is not None else 0] for r, _ in ready])
+            out = model.run([x for _, x in ready], top_k, extra)
+            for i, (r, _) in enumerate(ready):
+                r.class_ids, r.probs, r.maps = out.class_ids[i], out.probs[i], out.maps[i, :top_k]
+                if label_maps and r.item.label is not None:
+                    r.label_map = out.maps[i, top_k]
+        return [r for r, _ in group]
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="cam-decode") as pool:
+        group, ok = [], 0
+        for result, x in _ordered(pool, decode, items, 2 * batch_size + workers):
+            group.append((result, x))
+            ok += x is not None
+            if ok == batch_size:
+                yield from flush(group)
+                group, ok = [], 0
+        yield from flush(group)
+
+
+THUMB = 200  # gallery cell height in pixels
+
+
+def _strip(image, maps, tops, alpha):
+    """One overlay panel per class (maps at image size), side by side."""
+    panels = [overlay(image, maps[k], alpha, _caption(t, k, len(tops)), t["box"]) for k, t in enumerate(tops)]
+    return panels[0] if len(panels) == 1 else np.hstack(panels)
+
+
+def _caption(top, rank, count):
+    text = f"{top['class_name']} {top['prob']:.1%}"
+    return f"#{rank + 1} {text}" if count > 1 else text
+
+
+def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAULT_BOX_THRESHOLD, save_maps=False,
+            gallery=None, batch_size=16, workers=None, boxes=None, thresholds=None, max_pixels=DEFAULT_MAX_PIXELS,
+            progress=True, gallery_limit=400):
+    """CAM over `items` (InputItems). Writes <stem>_cam.png/.json (and .npy with save_maps) into `out_dir` when given,
+    a contact sheet to `gallery` when given, and scores localization against `boxes` ({path_key: [box]}) when
+    given. Files are written by a thread pool while the next batches compute.
+
+    Returns {"records": [per-image JSON dicts], "failures": [(path, message)], "localization": summary or None}.
+    """
+    out_dir = Path(out_dir) if out_dir is not None else None
+    stems = output_stems([it.path for it in items])
+    tally = LocalizationTally(thresholds or [box_threshold], box_threshold) if boxes is not None else None
+    draw = out_dir is not None or gallery is not None
+    workers = workers or min(8, (os.cpu_count() or 2) + 1)
+
+    def finish(res, stem):
+        h, w = res.image.shape[:2]
+        up = upsample_maps(res.maps, w, h)
+        tops = [{"class_id": int(c), "class_name": model.labels[c], "prob": float(p),
+                 "box": map_box(up[k], box_threshold)} for k, (c, p) in enumerate(zip(res.class_ids, res.probs))]
+        record = {"image": str(res.item.path), "width": w, "height": h, "top_k": tops}
+        thumb = scored = None
+        if draw:
+            strip = _strip(res.image, up, tops, alpha)
+            if out_dir is not None:
+                ok, png = cv2.imencode(".png", strip, PNG_FAST)
+                atomic_write_bytes(out_dir / f"{stem}_cam.png", png.tobytes())
+                atomic_write_bytes(out_dir / f"{stem}_cam.json", (json.dumps(record, indent=1) + "\n").encode())
+                if save_maps:
+                    buf = io.BytesIO()
+                    np.save(buf, np.ascontiguousarray(res.maps, np.float32))
+                    atomic_write_bytes(out_dir / f"{stem}_cam.npy", buf.getvalue())
+            if gallery is not None:  # drawn again at thumbnail size, so its text is legible there
+                s = min(THUMB / h, 4 * THUMB / w)
+                tw, th = max(1, round(w * s)), max(1, round(h * s))
+                small = cv2.resize(res.image, (tw, th), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+                scaled = [dict(t, box=[round(v * s) for v in t["box"]]) for t in tops]
+                thumb = _strip(small, upsample_maps(res.maps, tw, th), scaled, alpha)
+        gt = boxes.get(path_key(res.item.path)) if tally is not None else None
+        if gt and res.label_map is not None:
+            label = res.item.label
+            label_map = up[0] if label == tops[0]["class_id"] else upsample_maps(res.label_map[None], w, h)[0]
+            scored = (tops[0]["class_id"] == label, tally.score(label_map, gt))
+        return record, thumb, scored
+
+    records, failures, thumbs, captions, unscored = [], [], [], [], 0
+    bar = tqdm(total=len(items), disable=None if progress else True, unit="img", desc="cam")
+
+    def drain(i, fut):
+        nonlocal unscored
+        try:
+            record, thumb, scored = fut.result()
+        except OSError as exc:
+            failures.append((str(items[i].path), f"{items[i].path}: cannot write the outputs ({exc})"))
+            tqdm.write(failures[-1][1], file=sys.stderr)
+        else:
+            records.append(record)
+            if thumb is not None and len(thumbs) < gallery_limit:
+                top = record["top_k"][0]
+                thumbs.append(thumb)
+                captions.append(f"{stems[i]}: {top['class_name']} {top['prob']:.0%}")
+            if scored is not None:
+                tally.record(*scored)
+            elif tally is not None:
+                unscored += 1
+        bar.update()
+
+    pending = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="cam-write") as writer:
+        for i, res in enumerate(iter_cams(model, items, top_k, batch_size, workers, tally is not None, max_pixels)):
+            if res.error:
+                failures.append((str(res.item.path), res.error))
+                tqdm.write(res.error, file=sys.stderr)
+                bar.update()
+                continue
+            pending.append((i, writer.submit(finish, res, stems[i])))
+            while len(pending) > 2 * batch_size:
+                drain(*pending.popleft())
+        while pending:
+            drain(*pending.popleft())
+    bar.close()
+    if gallery is not None and thumbs:
+        ok, png = cv2.imencode(".png", contact_sheet(thumbs, captions, cell=THUMB))
+        atomic_write_bytes(gallery, png.tobytes())
+    summary = None
+    if tally is not None:
+        summary = tally.summary()
+        summary["unscored"] = unscored
+    return {"records": records, "failures": failures, "localization": summary,
+            "gallery": str(gallery) if gallery is not None and thumbs else None}
+
+
+def evaluate_localization(model, items, boxes, thresholds=(DEFAULT_BOX_THRESHOLD,),
+                          main_threshold=DEFAULT_BOX_THRESHOLD, batch_size=16, workers=None, progress=True,
+                          max_pixels=DEFAULT_MAX_PIXELS):
+    """Top-1 accuracy, top-1 and GT-known localization accuracy of `model` (a caffecam.CamModel, or a Net with
+    a GAP classifier) on `items` (InputItems with labels) against `boxes` ({path_key: [box]}, see read_boxes).
+
+    Returns the summary dict (accuracy, loc_accuracy, gt_known_loc_accuracy at `main_threshold`, per_threshold, …)
+    plus `failures` [(path, message)] and `unscored` (images without a label or a box).
+    """
+    if not isinstance(model, CamModel):
+        model = CamModel(model)
+    if isinstance(boxes, (str, Path)):
+        boxes = read_boxes(boxes)
+    items = list(items)
+    if not any(it.label is not None for it in items):
+        raise CaffeCamError("localization needs labelled images: give a list file (`path label` per line)")
+    out = run_cam(model, items, None, box_threshold=main_threshold, batch_size=batch_size, workers=workers,
+                  boxes=boxes, thresholds=list(thresholds), max_pixels=max_pixels, progress=progress)
+    summary = out["localization"]
+    summary["failures"] = out["failures"]
+    return summary
+
+
+# ---- command-line options shared by scripts/cam.py and scripts/eval_loc.py ---------------------------------------
+
+def add_model_args(p):
+    """The model, preprocessing, batching and box options of an argparse parser."""
+    p.add_argument("--model", help="deploy prototxt (a net ending in global average pooling + InnerProduct)")
+    p.add_argument("--weights", help=".caffemodel with the trained weights")
+    p.add_argument("--labels", help="class_labels.csv (`id name` per line); without it classes are shown by id")
+    p.add_argument("--mean", default=",".join(f"{v:g}" for v in DEFAULT_MEAN),
+                   help="B,G,R mean subtracted from the [0, 255] pixels (default %(default)s)")
+    p.add_argument("--feature-blob", help="blob holding the feature maps (default: found from the graph)")
+    p.add_argument("--fc-layer", help="classifier layer (default: the InnerProduct after the global average pooling)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on; faster on GPUs and on this CPU)")
+    p.add_argument("--workers", type=int, default=None, help="threads decoding and writing images (default: cores+1)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="reject images larger than this many pixels (default %(default)s)")
+    p.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD,
+                   help="box = largest region above this fraction of the map's maximum (default %(default)s)")
+    p.add_argument("--thresholds", help="box thresholds to score: a value, a list a,b,c or a sweep start:stop:step "
+                                        "(e.g. 0.1:0.5:0.05); --box-threshold is always included")
+    p.add_argument("--root", help="folder that relative paths in list files and boxes.csv start from "
+                                  "(default: the folder of each file)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_model_args(args, hint=""):
+    """One-line errors for the options of add_model_args; `hint` is appended to the missing-model message."""
+    if args.model is None or args.weights is None:
+        raise CaffeCamError(f"give --model DEPLOY.prototxt and --weights W.caffemodel{hint}")
+    if args.batch_size < 1:
+        raise CaffeCamError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise CaffeCamError(f"--workers {args.workers}: must be at least 1 (leave it out for cores+1)")
+    if not 0.0 <= args.box_threshold <= 1.0:
+        raise CaffeCamError(f"--box-threshold {args.box_threshold}: must lie in [0, 1]")
+    if args.max_pixels < 1:
+        raise CaffeCamError(f"--max-pixels {args.max_pixels}: must be positive")
+
+
+def model_from_args(args):
+    return CamModel.from_files(args.model, args.weights, args.labels, feature_blob=args.feature_blob,
+                               fc_layer=args.fc_layer, mean=parse_mean(args.mean), device="cpu" if args.cpu else None,
+                               channels_last=args.channels_last)
+
+
+def report_localization(summary, json_path=None, unscored_why="no label or no box"):
+    """Print the scores (and how many images went unscored); write them to `json_path` when given."""
+    for line in format_summary(summary):
+        print(line)
+    if summary["unscored"]:
+        print(f"not scored ({unscored_why}): {summary['unscored']} image(s)")
+    if json_path:
+        atomic_write_bytes(json_path, (json.dumps(summary, indent=1) + "\n").encode())

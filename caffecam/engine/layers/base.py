@@ -1,0 +1,65 @@
+"""The base of every layer class (set-up checks shared by the layer types) and the helpers that read their
+parameters."""
+
+from torch import nn
+
+from caffecam.engine.fillers import fill
+from caffecam.errors import CaffeCamError
+
+
+class Layer(nn.Module):
+    def __init__(self, lp, bottom_shapes, phase, generator=None):
+        super().__init__()
+        self.name, self.type, self.phase = lp.name, lp.type, phase
+        self.blobs = nn.ParameterList()
+        self.top_shapes = self.setup(lp, [tuple(s) for s in bottom_shapes], generator)
+
+    def fail(self, what):
+        raise CaffeCamError(f"layer '{self.name}' ({self.type}): {what}")
+
+    def add_blob(self, shape, filler, generator):
+        self.blobs.append(nn.Parameter(fill(shape, filler, generator, where=f"layer '{self.name}'")))
+
+    def need_hw_pairs(self, p, names):
+        """Caffe rejects a lone x_h or x_w for these fields (the other would silently be 0)."""
+        for name in names:
+            if p.HasField(f"{name}_h") != p.HasField(f"{name}_w"):
+                self.fail(f"give both {name}_h and {name}_w, or neither")
+
+    def need_positive(self, **fields):
+        """Caffe rejects zero kernel, stride, dilation and group sizes (here they would divide by zero)."""
+        for name, values in fields.items():
+            if min(values) < 1:
+                self.fail(f"{name} must be at least 1, got {values}")
+
+    def need_bottoms(self, shapes, n):
+        if len(shapes) != n:
+            self.fail(f"expects {n} bottom blob(s), got {len(shapes)}")
+
+    def need_image_bottom(self, shapes):
+        """One N×C×H×W bottom (Convolution, Pooling, LRN); returns its shape."""
+        self.need_bottoms(shapes, 1)
+        if len(shapes[0]) != 4:
+            self.fail(f"needs an N×C×H×W bottom, got {shapes[0]}")
+        return shapes[0]
+
+
+def hw_pair(repeated, single_h, single_w, has_h, default, what, layer):
+    """Resolve Caffe's `x` (repeated, 0/1/2 values) or `x_h`/`x_w` form into (h, w)."""
+    if has_h:
+        if len(repeated):
+            layer.fail(f"give either {what} or {what}_h/{what}_w, not both")
+        return int(single_h), int(single_w)
+    if len(repeated) == 0:
+        return default, default
+    if len(repeated) == 1:
+        return int(repeated[0]), int(repeated[0])
+    if len(repeated) == 2:
+        return int(repeated[0]), int(repeated[1])
+    layer.fail(f"{what} has {len(repeated)} values; only 2-D convolution is supported")
+
+
+def canonical_axis(axis, ndim, layer):
+    if not -ndim <= axis < ndim:
+        layer.fail(f"axis {axis} out of range for a {ndim}-D blob")
+    return axis % ndim

@@ -1,0 +1,208 @@
+"""A Caffe NetParameter as a torch.nn.Module: the blob DAG for one phase, forward returning named blobs."""
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from caffecam.engine import netparam
+from caffecam.engine.kernels import winograd
+from caffecam.engine.layers import INPUT_TYPES, make_layer
+from caffecam.engine.prototxt import read_net
+from caffecam.errors import CaffeCamError
+from caffecam.proto import caffe_pb2
+
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+# An in-place ReLU (top named as its bottom) overwrites its input, as Caffe does, only after these layers: their
+# backward does not read their output (Caffe saves the memory; here it also saves a pass over the blob). After any
+# other layer, or on a net input the caller owns, it writes a new tensor.
+_OVERWRITABLE = {"Convolution", "InnerProduct", "Concat"}
+
+
+def data_layer_shapes(lp):
+    """Top shapes of a Data/ImageData layer from its own parameters, or None when only the data can tell."""
+    if lp.type == "ImageData":
+        p = lp.image_data_param
+        batch, channels = p.batch_size, 3 if p.is_color else 1
+        size = (p.new_height, p.new_width) if p.new_height and p.new_width else None
+    else:
+        p = lp.data_param
+        batch, channels, size = p.batch_size, 3, None
+    crop = lp.transform_param.crop_size
+    if crop:
+        size = (crop, crop)
+    if size is None:
+        return None
+    shapes = [(batch, channels) + tuple(size)]
+    return shapes + [(batch,)] * (len(lp.top) - 1)
+
+
+class Net(nn.Module):
+    """Build with Net(net_param, phase). forward({blob: tensor}) -> {blob name: tensor} for every blob.
+
+    pycaffe-like access: net.params['CAM_fc_14'][0] is the classifier weight; net.blob_shapes gives shapes at set-up.
+    """
+
+    def __init__(self, net_param, phase=TEST, input_shapes=None, seed=None, level=0, stages=()):
+        super().__init__()
+        self.name, self.phase = net_param.name, phase
+        state = caffe_pb2.NetState(phase=phase, level=level, stage=list(stages))
+        input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+        self.layer_params, self.input_blobs, self.blob_shapes = [], [], OrderedDict()
+        self.layers = nn.ModuleList()
+        self.loss_weights, self.layer_by_name = OrderedDict(), OrderedDict()
+        producer = {}  # blob -> type of the layer that wrote it last, None once another layer has read it
+        available = set()  # Caffe's net outputs: each layer removes its bottoms, then adds its tops
+        for name, shape in netparam.legacy_inputs(net_param):
+            self.input_blobs.append(name)
+            self.blob_shapes[name] = input_shapes.get(name, shape)
+        for lp in netparam.current_layers(net_param):
+            if not netparam.layer_included(lp, state):
+                continue
+            if lp.type in INPUT_TYPES:
+                bottom_shapes = self._input_shapes(lp, input_shapes)
+                self.input_blobs.extend(lp.top)
+            else:
+                missing = [b for b in lp.bottom if b not in self.blob_shapes]
+                if missing:
+                    raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): bottom blob '{missing[0]}' is not produced "
+                                        "by any earlier layer or input")
+                bottom_shapes = [self.blob_shapes[b] for b in lp.bottom]
+                available.difference_update(lp.bottom)
+            if lp.name in self.layer_by_name:
+                raise CaffeCamError(f"layer '{lp.name}': another layer of phase {caffe_pb2.Phase.Name(phase)} has "
+                                    "this name; weights are matched by name, so rename one of them")
+            for i, top in enumerate(lp.top):
+                # Caffe: only an in-place layer (top i named as bottom i) may write a blob that already exists.
+                if top in self.blob_shapes and not (i < len(lp.bottom) and lp.bottom[i] == top):
+                    raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): top blob '{top}' is already produced by "
+                                        "an earlier layer or input; rename the top")
+            layer = make_layer(lp, bottom_shapes, phase, generator)
+            if lp.type == "ReLU" and list(lp.top) == list(lp.bottom) and producer.get(lp.bottom[0]) in _OVERWRITABLE:
+                layer.inplace = True
+            producer.update(dict.fromkeys(lp.bottom))  # read: a later in-place ReLU must not change what it saw
+            producer.update(dict.fromkeys(lp.top, lp.type))
+            if len(layer.top_shapes) != len(lp.top):
+                raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): has {len(lp.top)} tops, expects "
+                                    f"{len(layer.top_shapes)}")
+            if len(lp.loss_weight) not in (0, len(lp.top)):
+                raise CaffeCamError(f"layer '{lp.name}': {len(lp.loss_weight)} loss_weight values for {len(lp.top)} "
+                                    "tops; give one per top blob, or none")
+            if len(lp.param) > len(layer.blobs):
+                raise CaffeCamError(f"layer '{lp.name}': {len(lp.param)} param specs for {len(layer.blobs)} blobs")
+            available.update(lp.top)
+            for i, (top, shape) in enumerate(zip(lp.top, layer.top_shapes)):
+                self.blob_shapes[top] = shape
+                weight = lp.loss_weight[i] if len(lp.loss_weight) else (
+                    1.0 if lp.type.endswith("Loss") and i == 0 else 0.0)
+                if weight:
+                    self.loss_weights[top] = weight
+                else:
+                    self.loss_weights.pop(top, None)
+            self.layer_params.append(lp)
+            self.layers.append(layer)
+            self.layer_by_name[lp.name] = layer
+        if not self.layers:
+            raise CaffeCamError(f"net '{self.name}': no layers in phase {caffe_pb2.Phase.Name(phase)}")
+        unknown = sorted(set(input_shapes) - set(self.input_blobs))
+        if unknown:
+            raise CaffeCamError(f"net '{self.name}': input_shapes names '{unknown[0]}', which is not an input of this "
+                                f"net in phase {caffe_pb2.Phase.Name(phase)} (inputs: {', '.join(self.input_blobs)})")
+        # Caffe's net outputs: blobs no later layer consumes (an in-place layer's top counts), sorted by name.
+        self.output_blobs = sorted(available - set(self.input_blobs))
+
+    def _input_shapes(self, lp, given):
+        if lp.type == "Input":
+            p = lp.input_param
+            shapes = [tuple(s.dim) for s in p.shape]
+            if len(shapes) == 1:
+                shapes = shapes * len(lp.top)
+            if len(shapes) != len(lp.top):
+                raise CaffeCamError(f"layer '{lp.name}' (Input): {len(lp.top)} tops but {len(p.shape)} shapes")
+        else:
+            shapes = data_layer_shapes(lp)
+        if lp.type != "Input" and lp.top and lp.top[0] in given:
+            # Data/ImageData given the data shape alone: a label top follows its batch size.
+            data = given[lp.top[0]]
+            shapes = [data] + [given.get(t, (data[0],)) for t in lp.top[1:]]
+        elif any(t in given for t in lp.top):
+            shapes = [given.get(t, s) for t, s in zip(lp.top, shapes or [None] * len(lp.top))]
+            shapes = None if None in shapes else shapes
+        if shapes is None:
+            raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): input size unknown; set transform_param.crop_size "
+                                "or new_height/new_width, or pass input_shapes")
+        return shapes
+
+    @property
+    def params(self):
+        """OrderedDict layer name -> list of its learnable blobs (weight, bias), for layers that have any."""
+        return OrderedDict((name, list(layer.blobs)) for name, layer in self.layer_by_name.items() if len(layer.blobs))
+
+    def param_specs(self):
+        """[(layer name, blob index, parameter, lr_mult, decay_mult)] in net order."""
+        out = []
+        for lp, layer in zip(self.layer_params, self.layers):
+            for i, blob in enumerate(layer.blobs):
+                spec = lp.param[i] if i < len(lp.param) else caffe_pb2.ParamSpec()
+                out.append((lp.name, i, blob, spec.lr_mult, spec.decay_mult))
+        return out
+
+    def forward(self, inputs, end=None):
+        """Run the net. `inputs`: {input blob: tensor} (a bare tensor when the net has one input).
+
+        Returns {blob: tensor} holding every blob's latest value (an in-place layer overwrites its blob, as in
+        Caffe). With `end`, stops after the layer of that name.
+        """
+        if torch.is_tensor(inputs):
+            feeds = [b for b in self.input_blobs if b != "label"]
+            if len(feeds) != 1:
+                raise CaffeCamError(f"net '{self.name}' has inputs {self.input_blobs}; pass a dict")
+            inputs = {feeds[0]: inputs}
+        if end is not None and end not in self.layer_by_name:
+            raise CaffeCamError(f"net '{self.name}': no layer named '{end}' to stop at")
+        missing = [b for b in self.input_blobs if b not in inputs]
+        if missing:
+            raise CaffeCamError(f"net '{self.name}': input blob '{missing[0]}' was not given")
+        blobs = dict(inputs)
+        for lp, layer in zip(self.layer_params, self.layers):
+            if lp.type in INPUT_TYPES:
+                missing = [t for t in lp.top if t not in blobs]
+                if missing:
+                    raise CaffeCamError(f"input blob '{missing[0]}' of layer '{lp.name}' was not given")
+                continue
+            tops = layer(*[blobs[b] for b in lp.bottom])
+            blobs.update(zip(lp.top, tops))
+            if end is not None and lp.name == end:
+                break
+        return blobs
+
+    def winograd_layers(self):
+        """Names of the Convolution layers that run as Winograd F(2×2, 3×3) on the CPU at the set-up shapes."""
+        if not winograd.ENABLED:
+            return []
+        return [lp.name for lp, layer in zip(self.layer_params, self.layers) if lp.type == "Convolution"
+                and layer.winograd_allowed and winograd.suits_shapes(self.blob_shapes[lp.bottom[0]],
+                                                                     layer.blobs[0].shape, layer.stride, layer.pad,
+                                                                     layer.dilation, layer.group)]
+
+    def loss(self, blobs):
+        """Caffe's objective: Σ loss_weight · sum(top) over the loss tops."""
+        return sum(w * blobs[name].sum() for name, w in self.loss_weights.items())
+
+    def consumers(self, blob):
+        """Layers (LayerParameters) that read `blob`, in net order."""
+        return [lp for lp in self.layer_params if blob in lp.bottom]
+
+    def producer(self, blob):
+        """The last layer writing `blob` (for in-place chains, the last in-place layer)."""
+        found = None
+        for lp in self.layer_params:
+            if blob in lp.top:
+                found = lp
+        return found
+
+
+def load_net(path, phase=TEST, **kwargs):
+    return Net(read_net(path), phase, **kwargs)

@@ -1,0 +1,203 @@
+"""scripts/bench.py --quick end to end (every entry of the JSON report, positive finite numbers, ratios that agree with
+their parts), the timing helper, and the torchcam adapter against a NumPy CAM."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from caffecam.bench import cam as bench_cam
+from caffecam.bench import timing, training
+from caffecam.cam.maps import CamModel
+from caffecam.engine.net import Net
+from caffecam.nets.googlenet_cam import tiny_cam_net
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "bench.py"
+HAS_TORCHCAM = importlib.util.find_spec("torchcam") is not None
+CUDA = torch.cuda.is_available()
+
+GPU_KEYS = {"gpu_fp32_images_per_s", "gpu_bf16_channels_last_images_per_s", "gpu_fp32_train_step_mb",
+            "gpu_bf16_channels_last_train_step_mb", "gpu_fp32_peak_mb", "gpu_bf16_channels_last_peak_mb"}
+TORCHCAM_KEYS = {"torchcam_cam_images_per_s", "cam_vs_torchcam_cam", "torchcam_gradcam_images_per_s",
+                 "cam_vs_torchcam_gradcam", "torchcam_cam_max_rel_diff", "torchcam_gradcam_max_rel_diff",
+                 "torchcam_pipeline_images_per_s", "speedup"}
+DIFF_KEYS = {"torchcam_cam_max_rel_diff", "torchcam_gradcam_max_rel_diff"}
+EXPECTED = {
+    "train": {"batch", "cpu_fp32_contiguous_images_per_s", "cpu_fp32_channels_last_images_per_s",
+              "cpu_channels_last_speedup", "caffe_reference_images_per_s", "caffe_reference_batch", "cpu_vs_caffe",
+              "goal_cpu_vs_caffe", "gpu_fp32_images_per_s", "gpu_bf16_channels_last_images_per_s",
+              "goal_gpu_bf16_images_per_s", "pipeline", "cpu_fp32_channels_last_direct_conv_images_per_s",
+              "cpu_winograd_speedup"},
+    "inference": {"batch", "contiguous_images_per_s", "channels_last_images_per_s"},
+    "cam": {"batch", "forward_images_per_s", "cam_images_per_s", "cam_overhead_ratio", "goal_cam_overhead_ratio",
+            "loop_images_per_s", "cam_vs_loop", "maps_ms", "loop_maps_ms", "maps_vs_loop", "gradcam_images_per_s",
+            "cam_vs_gradcam"} | (TORCHCAM_KEYS - {"torchcam_pipeline_images_per_s", "speedup"}),
+    "cam_end_to_end": {"images", "run_cam_images_per_s", "torchcam_pipeline_images_per_s", "speedup",
+                       "goal_speedup"},
+    "loader": {"batch", "workers", "jpeg_images_per_s", "lmdb_images_per_s", "lmdb_vs_jpeg"},
+    "memory": {"cpu_train_step_mb", "cpu_baseline_mb", "cpu_peak_mb", "gpu_fp32_train_step_mb", "gpu_fp32_peak_mb",
+               "gpu_bf16_channels_last_train_step_mb", "gpu_bf16_channels_last_peak_mb", "keep_freed_memory",
+               "cpu_images_per_s_keep_freed_memory", "cpu_images_per_s_default_malloc", "keep_freed_memory_speedup",
+               "cpu_peak_mb_default_malloc", "cpu_train_step_mb_default_malloc"},
+}
+PIPELINE = {"images_per_s", "data_wait_fraction", "workers", "steps", "device"}
+SECTIONS = {"data", "memory", "train", "pipeline", "inference", "cam", "end_to_end", "loader"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "tmp" / "bench.json"
+    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], capture_output=True,
+                         text=True, cwd=REPO, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(out.read_text()), run.stdout
+
+
+def check_numbers(section, values, torchcam):
+    for key, v in values.items():
+        if key in GPU_KEYS and not CUDA:
+            assert v is None, f"{section}.{key} without CUDA"
+        elif key in TORCHCAM_KEYS and not torchcam:
+            assert v is None, f"{section}.{key} without torchcam"
+        elif key in DIFF_KEYS:
+            assert 0 <= v < 1e-4, f"{section}.{key} = {v}"
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            assert math.isfinite(v) and v > 0, f"{section}.{key} = {v}"
+
+
+def check_report(r, torchcam):
+    for section, keys in EXPECTED.items():
+        missing = keys - set(r[section])
+        assert not missing, f"{section} lacks {missing}"
+        check_numbers(section, r[section], torchcam)
+    pipeline = r["train"]["pipeline"]
+    assert PIPELINE <= set(pipeline)
+    check_numbers("pipeline", pipeline, torchcam)
+    assert 0 < pipeline["data_wait_fraction"] < 1
+    assert set(r["sections_s"]) == SECTIONS and set(r["load_average_1min"]) == SECTIONS
+    assert all(v >= 0 for v in r["sections_s"].values())
+    assert r["total_s"] >= sum(r["sections_s"].values()) - 0.1 * len(SECTIONS)
+    assert r["environment"]["torchcam"] == ("0.5.0" if torchcam else None)
+
+
+def test_quick_report_has_every_entry(quick):
+    r, stdout = quick
+    assert r["quick"] is True
+    check_report(r, HAS_TORCHCAM)
+    if HAS_TORCHCAM:
+        assert r["cam"]["torchcam_cam_images_per_s"] > 0 and r["cam_end_to_end"]["torchcam_pipeline_images_per_s"] > 0
+    for line in ("training, batch 4", "real Caffe 1.0 reference 4.6", "waiting for data", "CamModel.run",
+                 "CAM end to end", "data loader", "memory of one training step", "time per section", "wrote "):
+        assert line in stdout
+
+
+def test_quick_ratios_agree_with_their_parts(quick):
+    r, _ = quick
+    t, c, e, d, m = r["train"], r["cam"], r["cam_end_to_end"], r["loader"], r["memory"]
+    best = max(t["cpu_fp32_contiguous_images_per_s"], t["cpu_fp32_channels_last_images_per_s"])
+    assert t["caffe_reference_images_per_s"] == 4.6 and t["caffe_reference_batch"] == 8
+    assert t["cpu_vs_caffe"] == pytest.approx(best / 4.6)
+    assert t["cpu_channels_last_speedup"] == pytest.approx(
+        t["cpu_fp32_channels_last_images_per_s"] / t["cpu_fp32_contiguous_images_per_s"])
+    assert c["cam_overhead_ratio"] == pytest.approx(c["forward_images_per_s"] / c["cam_images_per_s"])
+    assert c["cam_vs_loop"] == pytest.approx(c["cam_images_per_s"] / c["loop_images_per_s"])
+    assert c["cam_vs_gradcam"] == pytest.approx(c["cam_images_per_s"] / c["gradcam_images_per_s"])
+    assert c["maps_vs_loop"] == pytest.approx(c["loop_maps_ms"] / c["maps_ms"])
+    assert d["lmdb_vs_jpeg"] == pytest.approx(d["lmdb_images_per_s"] / d["jpeg_images_per_s"])
+    assert m["cpu_peak_mb"] - m["cpu_baseline_mb"] == pytest.approx(m["cpu_train_step_mb"])
+    assert t["cpu_winograd_speedup"] == pytest.approx(
+        t["cpu_fp32_channels_last_images_per_s"] / t["cpu_fp32_channels_last_direct_conv_images_per_s"])
+    assert m["keep_freed_memory_speedup"] == pytest.approx(
+        m["cpu_images_per_s_keep_freed_memory"] / m["cpu_images_per_s_default_malloc"])
+    assert m["keep_freed_memory"] is (sys.platform == "linux")
+    assert (t["goal_cpu_vs_caffe"], c["goal_cam_overhead_ratio"], e["goal_speedup"]) == (3.0, 1.15, 2.0)
+    if HAS_TORCHCAM:
+        assert e["speedup"] == pytest.approx(e["run_cam_images_per_s"] / e["torchcam_pipeline_images_per_s"])
+        assert c["cam_vs_torchcam_cam"] == pytest.approx(c["cam_images_per_s"] / c["torchcam_cam_images_per_s"])
+
+
+def test_without_torchcam_entries_are_null(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import bench as script
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    monkeypatch.setattr(bench_cam, "torchcam_methods", lambda: None)
+    out = tmp_path / "b.json"
+    script.main(["--quick", "--out", str(out)])
+    r = json.loads(out.read_text())
+    check_report(r, torchcam=False)
+    assert any("torchcam is not installed" in n for n in r["notes"])
+    assert "note: torchcam is not installed" in capsys.readouterr().out
+
+
+def test_help_and_bad_out(tmp_path):
+    run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0 and "--quick" in run.stdout and "torchcam" in run.stdout
+    run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)], capture_output=True,
+                         text=True, cwd=REPO)
+    assert run.returncode == 1 and run.stderr.startswith("error: --out") and "Traceback" not in run.stderr
+
+
+def test_interleaved_medians_rounds_and_budget():
+    calls = []
+
+    def sleeper(name, seconds):
+        def fn():
+            calls.append(name)
+            time.sleep(seconds)
+        return fn
+
+    fns = {"a": sleeper("a", 0.002), "b": sleeper("b", 0.02)}
+    times = timing.interleaved(fns, rounds=3, budget_s=10, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-ups, then rounds alternate
+    assert 0.002 <= times["a"] < 0.015 and 0.02 <= times["b"] < 0.06
+    calls.clear()
+    timing.interleaved(fns, rounds=5, budget_s=0, warmup=0)
+    assert calls == ["a", "b"]  # the budget allows no second round, yet one always runs
+
+
+def test_train_step_applies_caffe_sgd():
+    """One step with lr 0.001, momentum 0.9, weight decay 5e-4 from zero history: w1 = w0 − lr·lr_mult·(g + wd·w0)."""
+    step = training.TrainStep(3, 8, 64, 2)
+    w0 = {name: p.detach().clone() for name, p in step.net.named_parameters()}
+    step.net.loss(step.net(step.inputs)).backward()  # the gradient, taken apart from the step
+    grads = {name: p.grad.clone() for name, p in step.net.named_parameters()}
+    step()
+    specs = {id(p): (lr, decay) for _, _, p, lr, decay in step.net.param_specs()}
+    for name, p in step.net.named_parameters():
+        lr_mult, decay_mult = specs[id(p)]
+        expect = w0[name] - 0.001 * lr_mult * (grads[name] + 0.0005 * decay_mult * w0[name])
+        torch.testing.assert_close(p.detach(), expect, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(not HAS_TORCHCAM, reason="torchcam not installed")
+def test_torchcam_adapter_matches_numpy_cam():
+    from torchcam.methods import CAM
+
+    net = Net(tiny_cam_net(3, 32, batch=2), seed=5)
+    model = CamModel(net, device="cpu")
+    adapter = bench_cam.TorchcamAdapter(model)
+    x = torch.rand(2, 3, 32, 32) * 255 - 117
+    with torch.inference_mode():
+        blobs = net(x)
+        scores = adapter(x)
+    np.testing.assert_allclose(scores.numpy(), blobs["CAM_fc"].flatten(1).numpy(), rtol=1e-5, atol=1e-5)
+    assert adapter.fc.weight is adapter.net.params["CAM_fc"][0]  # its own copy of the net, sharing the blob
+    feats = blobs["CAM_conv"].numpy().astype(np.float64)  # (N, C, h, w) after the in-place ReLU
+    w = net.params["CAM_fc"][0].detach().numpy().astype(np.float64)
+    cls = scores.argmax(1).tolist()
+    with CAM(adapter, target_layer=adapter.features, fc_layer=adapter.fc) as extractor:
+        with torch.inference_mode():
+            adapter(x)
+            maps = extractor(class_idx=cls, normalized=False)[0].numpy()
+    expect = np.stack([np.tensordot(w[c], feats[i], axes=(0, 0)) for i, c in enumerate(cls)])
+    np.testing.assert_allclose(maps, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())

@@ -1,0 +1,221 @@
+"""Winograd F(2×2, 3×3): values against the float64 NumPy convolution, gradients, memory layout, `suits`, the
+Convolution layer's use of it."""
+
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from caffecam.engine.kernels import winograd
+from caffecam.engine.net import Net
+from caffecam.engine.prototxt import parse_text
+from caffecam.proto import caffe_pb2
+from tests import numpy_ref as ref
+
+CL = torch.channels_last
+
+
+def rel_err(got, expect):
+    got = got.detach().double().numpy() if torch.is_tensor(got) else got
+    return float(np.abs(got - expect).max() / np.abs(expect).max())
+
+
+def case(n, c, k, h, w, groups, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, c, h, w), generator=g)
+    wt = torch.randn((k, c // groups, 3, 3), generator=g)
+    b = torch.randn((k,), generator=g)
+    return x, wt, b
+
+
+def reference(x, w, b, groups):
+    return ref.conv2d(x.double().numpy(), w.double().numpy(), None if b is None else b.double().numpy(),
+                      pad=(1, 1), group=groups)
+
+
+SHAPES = [  # n, c, k, h, w, groups
+    (1, 4, 6, 5, 7, 1), (2, 4, 6, 1, 1, 1), (3, 4, 4, 2, 3, 1), (2, 8, 6, 6, 6, 2), (1, 8, 8, 7, 4, 4),
+    (2, 8, 12, 9, 5, 4), (2, 6, 4, 4, 9, 2), (1, 3, 5, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("n,c,k,h,w,groups", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_forward_matches_float64_reference(n, c, k, h, w, groups, bias, layout):
+    x, wt, b = case(n, c, k, h, w, groups, seed=h * 10 + w)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CL)
+    b = b if bias else None
+    y = winograd.conv3x3(x, wt, b, groups)
+    assert y.shape == (n, k, h, w) and y.dtype == torch.float32
+    assert rel_err(y, reference(x, wt, b, groups)) < 1e-5
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_gradcheck_float64(groups):
+    x, w, b = (t.double().requires_grad_() for t in case(2, 4, 6, 5, 6, groups, seed=groups))
+    assert torch.autograd.gradcheck(lambda *a: winograd.conv3x3(*a, groups=groups), (x, w, b))
+    x, w = (t.double().requires_grad_() for t in case(1, 4, 4, 3, 1, groups, seed=7)[:2])
+    assert torch.autograd.gradcheck(lambda *a: winograd.conv3x3(*a, groups=groups), (x, w))
+
+
+@pytest.mark.parametrize("wants", ["weight", "x", "bias"])
+def test_gradient_of_one_input_only(wants):
+    """needs_input_grad: each gradient alone equals F.conv2d's (float64, so no rounding in the way)."""
+    x, w, b = (t.double() for t in case(2, 8, 6, 5, 4, 2, seed=3))
+    gy = torch.randn((2, 6, 5, 4), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    args = {"x": x, "weight": w, "bias": b}
+    args[wants] = args[wants].clone().requires_grad_()
+    (got,) = torch.autograd.grad((winograd.conv3x3(args["x"], args["weight"], args["bias"], 2) * gy).sum(),
+                                 args[wants])
+    expect_args = {name: t.detach().clone().requires_grad_(name == wants) for name, t in args.items()}
+    y = F.conv2d(expect_args["x"], expect_args["weight"], expect_args["bias"], padding=1, groups=2)
+    (expect,) = torch.autograd.grad((y * gy).sum(), expect_args[wants])
+    torch.testing.assert_close(got, expect, rtol=1e-10, atol=1e-10)
+
+
+def test_weight_gradient_against_numpy():
+    """dW[o,c,i,j] = Σ dY[n,o,y,x] · Xpad[n,c,y+i,x+j], written out in NumPy; db = Σ dY."""
+    x, w, b = case(2, 4, 6, 5, 3, 1, seed=11)
+    w.requires_grad_()
+    b.requires_grad_()
+    gy = np.random.default_rng(5).standard_normal((2, 6, 5, 3))
+    (winograd.conv3x3(x, w, b) * torch.from_numpy(gy).float()).sum().backward()
+    xp = np.pad(x.double().numpy(), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    dw = np.zeros((6, 4, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            dw[:, :, i, j] = np.einsum("noyx,ncyx->oc", gy, xp[:, :, i:i + 5, j:j + 3])
+    assert rel_err(w.grad, dw) < 1e-5
+    assert rel_err(b.grad, gy.sum((0, 2, 3))) < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 6), (2, 8, 5, 7), (3, 8, 1, 1), (1, 8, 6, 6), (1, 8, 5, 7)])
+def test_output_is_fresh_channels_last_and_allows_inplace_relu(shape):
+    x, w, b = case(*shape[:2], 8, *shape[2:], 1, seed=1)
+    x.requires_grad_()
+    w.requires_grad_()
+    y = winograd.conv3x3(x, w, b)
+    assert y._base is None and y.is_contiguous(memory_format=CL)
+    F.relu_(y)  # under autograd: allowed only on a tensor that is not a view made inside the Function
+    y.sum().backward()
+    mask = torch.from_numpy(reference(x.detach(), w.detach(), b, 1) > 0).float()
+    gx_expect = F.conv_transpose2d(mask, w.detach(), padding=1)
+    torch.testing.assert_close(x.grad, gx_expect, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        assert winograd.conv3x3(x, w, b)._base is None
+
+
+# For batch 1 with odd H and even W (or H = 1) the crop of the padded output is already channels_last-contiguous:
+# it must still come back as a tensor of its own, or an in-place ReLU after it fails under autograd.
+@pytest.mark.parametrize("shape", [(1, 8, 5, 6), (1, 8, 1, 7)])
+def test_batch1_odd_height_even_width_output_is_not_a_view(shape):
+    x, w, b = case(*shape[:2], 8, *shape[2:], 1, seed=2)
+    w.requires_grad_()
+    y = winograd.conv3x3(x, w, b)
+    F.relu_(y)
+    y.sum().backward()
+    assert y._base is None
+
+
+def test_float32_error_is_of_the_order_of_direct_convolution():
+    x, w, b = case(4, 64, 32, 14, 13, 1, seed=21)
+    expect = F.conv2d(x.double(), w.double(), b.double(), padding=1).numpy()  # checked against ref in the tests above
+    direct = rel_err(F.conv2d(x, w, b, padding=1), expect)
+    wino = rel_err(winograd.conv3x3(x, w, b), expect)
+    assert 0 < wino < 1e-5
+    assert wino < 10 * max(direct, 1e-8)
+    assert rel_err(winograd.conv3x3(x, w, b), F.conv2d(x, w, b, padding=1).double().numpy()) < 1e-5
+    # the float64 check of the 'expect' above, on a slice of the output channels
+    assert rel_err(expect[:1, :4], reference(x[:1], w[:4], b[:4], 1)) < 1e-12
+
+
+# -- suits ---------------------------------------------------------------------------------------------------
+
+def suits_args(**change):
+    args = {"x": torch.empty((32, 832, 14, 14)), "weight": torch.empty((1024, 416, 3, 3)), "stride": (1, 1),
+            "pad": (1, 1), "dilation": (1, 1), "group": 2}
+    args.update(change)
+    return args
+
+
+def test_suits_inception_width_layer():
+    assert winograd.suits(**suits_args())
+    assert winograd.suits(**suits_args(x=torch.empty((32, 832, 14, 14), memory_format=CL)))
+
+
+@pytest.mark.parametrize("change", [
+    {"stride": (2, 2)}, {"stride": (1, 2)}, {"pad": (0, 0)}, {"pad": (2, 2)}, {"dilation": (2, 2)},
+    {"weight": torch.empty((1024, 416, 5, 5))}, {"weight": torch.empty((1024, 416, 1, 1))},
+    {"x": torch.empty((32, 832, 14, 14), dtype=torch.float64)},
+    {"x": torch.empty((32, 64, 14, 14)), "weight": torch.empty((128, 64, 3, 3)), "group": 1},  # few inputs
+    {"x": torch.empty((32, 256, 14, 14)), "weight": torch.empty((64, 256, 3, 3)), "group": 1},  # few outputs
+    {"group": 16, "x": torch.empty(1).expand(32, 6656, 14, 14)},  # 64 outputs per group
+    {"x": torch.empty((1, 832, 14, 14))},  # 49 tiles
+])
+def test_suits_rejects(change):
+    assert not winograd.suits(**suits_args(**change))
+
+
+def test_suits_thresholds_and_switch(monkeypatch):
+    c = winograd.MIN_CHANNELS
+    w = torch.empty((c, c, 3, 3))
+    tiles = winograd.MIN_TILES  # an N×2×2 input has N tiles
+    assert winograd.suits(torch.empty((tiles, c, 2, 2)), w, (1, 1), (1, 1), (1, 1), 1)
+    assert not winograd.suits(torch.empty((tiles - 1, c, 2, 2)), w, (1, 1), (1, 1), (1, 1), 1)
+    assert winograd.suits(torch.empty((tiles, c, 1, 1)), w, (1, 1), (1, 1), (1, 1), 1)  # odd sizes round up
+    monkeypatch.setattr(winograd, "ENABLED", False)
+    assert not winograd.suits(**suits_args())
+
+
+# -- through the Convolution layer ---------------------------------------------------------------------------
+
+CONV_NET = """
+layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 8 dim: 128 dim: 14 dim: 14 }} }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param {{ num_output: 128 kernel_size: 3 pad: 1 {engine}
+    weight_filler {{ type: "gaussian" std: 0.05 }} bias_filler {{ type: "gaussian" std: 1 }} }} }}
+"""
+
+
+def conv_net(engine=""):
+    return Net(parse_text(CONV_NET.format(engine=engine), caffe_pb2.NetParameter), seed=0)
+
+
+def check_net_output(net, monkeypatch, expect_winograd):
+    calls = []
+    real = winograd.conv3x3
+
+    def spy(*args, **kwargs):
+        if not expect_winograd:
+            raise AssertionError("winograd.conv3x3 called for an engine: CAFFE layer")
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(winograd, "conv3x3", spy)
+    x = torch.randn((8, 128, 14, 14), generator=torch.Generator().manual_seed(0))
+    w, b = net.params["conv"]
+    assert winograd.suits(x, w, (1, 1), (1, 1), (1, 1), 1)
+    with torch.no_grad():
+        y = net(x)["conv"]
+    assert len(calls) == int(expect_winograd)
+    # The reference costs a loop per output channel; 24 channels of the 128 are enough to catch a wrong layer.
+    assert rel_err(y[:, :24], reference(x, w[:24].detach(), b[:24].detach(), 1)) < 1e-5
+
+
+def test_convolution_layer_uses_winograd(monkeypatch):
+    check_net_output(conv_net(), monkeypatch, True)
+
+
+def test_engine_caffe_uses_direct_convolution(monkeypatch):
+    check_net_output(conv_net("engine: CAFFE"), monkeypatch, False)
+
+
+def test_inference_tensor_weight():
+    # A Net built inside inference_mode has inference-tensor weights (no version counter): still computed.
+    with torch.inference_mode():
+        x, w, b = case(1, 4, 4, 4, 4, 1, seed=14)
+        y = winograd.conv3x3(x, w, b)
+    assert rel_err(y, reference(x, w, b, 1)) < 1e-5

@@ -1,0 +1,188 @@
+"""scripts/train.py end to end on a tiny image net: log file, snapshots, fine-tuning, errors with what to run
+first, SIGTERM snapshot, NaN stop."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caffecam.engine.weights import blob_to_array, read_caffemodel
+from scripts import train
+from tests.solver_helpers import IMAGE_NET, write_images
+
+ROOT = Path(__file__).resolve().parents[2]
+RX_TRAIN = re.compile(r"Train net output #(\d+): (\S+) = ([\.\deE+-]+)")
+RX_TEST = re.compile(r"Test net output #(\d+): (\S+) = ([\.\deE+-]+)")
+
+
+def setup(tmp_path, monkeypatch, max_iter=6, extra="", mode="CPU"):
+    """A tiny data set and solver in tmp_path (the working directory); paths relative to it, as users write them."""
+    monkeypatch.chdir(tmp_path)
+    if not (tmp_path / "data").exists():
+        write_images(tmp_path / "data")
+        (tmp_path / "net.prototxt").write_text(IMAGE_NET.replace("DIR", "data"))
+    (tmp_path / "solver.prototxt").write_text(
+        f'net: "net.prototxt"\nbase_lr: 0.05\nlr_policy: "step"\ngamma: 0.5\nstepsize: 4\nmomentum: 0.9\n'
+        f"max_iter: {max_iter}\ntest_iter: 1\ntest_interval: 3\ndisplay: 2\nsnapshot: 3\nrandom_seed: 5\n"
+        f'snapshot_prefix: "snapshots/tiny"\nsolver_mode: {mode}\n{extra}\n')
+    return "solver.prototxt"
+
+
+def run_main(args, capsys):
+    try:
+        rc = train.main(args)
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def test_train_writes_log_and_snapshots(tmp_path, monkeypatch, capsys):
+    solver = setup(tmp_path, monkeypatch)
+    rc, err = run_main(["--solver", solver, "--cpu", "--workers", "0"], capsys)
+    assert rc == 0, err
+    log = (tmp_path / "snapshots" / "train.log").read_text()
+    assert log.strip().splitlines()[-1].endswith("Optimization Done.")
+    assert "effective batch = 3 × 1 process = 3 images per update" in log
+    assert [m.group(1) for m in re.finditer(r"\] Iteration (\d+) \(", log)] == ["0", "2", "4"]
+    assert [m.group(2) for m in RX_TEST.finditer(log)] == ["acc", "loss"] * 3  # tests at 0, 3, 6
+    assert [m.group(2) for m in RX_TRAIN.finditer(log)] == ["loss"] * 3
+    assert "Iteration 6, loss = " in log  # the extra forward after the last update
+    for it in (3, 6):
+        assert (tmp_path / f"snapshots/tiny_iter_{it}.caffemodel").is_file()
+        assert (tmp_path / f"snapshots/tiny_iter_{it}.solverstate").is_file()
+    assert "Optimization Done." in err  # the same lines on stderr
+    assert "\r" not in log  # no progress bar in the log file (stderr is not a terminal here)
+
+
+def test_finetune_copies_by_name_and_resume(tmp_path, monkeypatch, capsys):
+    solver = setup(tmp_path, monkeypatch)
+    assert run_main(["--solver", solver, "--cpu", "--workers", "0"], capsys)[0] == 0
+    Path("first").mkdir()
+    os.replace("snapshots/tiny_iter_6.caffemodel", "first/w.caffemodel")
+    rc, err = run_main(["--solver", solver, "--cpu", "--workers", "0", "--weights", "first/w.caffemodel",
+                        "--log", "ft.log"], capsys)
+    assert rc == 0, err
+    log = Path("ft.log").read_text()
+    assert "Finetuning from first/w.caffemodel" in log and "copied 2 layers from the weights" in log
+    rc, err = run_main(["--solver", solver, "--cpu", "--workers", "0", "--snapshot",
+                        "snapshots/tiny_iter_3.solverstate", "--log", "resume.log"], capsys)
+    assert rc == 0, err
+    log = Path("resume.log").read_text()
+    assert "Restoring previous solver status from snapshots/tiny_iter_3.solverstate" in log
+    assert re.findall(r"\] Iteration (\d+) \(", log) == ["4"]  # resumed at 3: displays at 4 only
+    w = {lp.name: blob_to_array(lp.blobs[0]) for lp in read_caffemodel("snapshots/tiny_iter_6.caffemodel").layer
+         if lp.blobs}
+    assert set(w) == {"conv", "fc"}
+
+
+@pytest.mark.parametrize("args, missing, advice", [
+    (["--weights", "weights/bvlc_googlenet.caffemodel"], None, "run `make weights` first"),
+    ([], "data/train.txt", "run `make data` first"),
+    ([], "data/demo/train.txt", "run `make demo` first"),
+])
+def test_missing_inputs_say_what_to_run(tmp_path, monkeypatch, capsys, args, missing, advice):
+    solver = setup(tmp_path, monkeypatch)
+    if missing:
+        Path("net.prototxt").write_text(IMAGE_NET.replace("DIR/list.txt", missing).replace("DIR", "data"))
+    rc, err = run_main(["--solver", solver, "--cpu", *args], capsys)
+    assert rc == 1
+    assert err.startswith("error: ") and advice in err and err.count("\n") == 1
+
+
+def test_bad_combinations(tmp_path, monkeypatch, capsys):
+    solver = setup(tmp_path, monkeypatch)
+    rc, err = run_main(["--solver", solver, "--snapshot", "a.solverstate", "--weights", "b.caffemodel"], capsys)
+    assert rc == 1 and "not both" in err
+    rc, err = run_main(["--solver", solver, "--snapshot", "nope.solverstate"], capsys)
+    assert rc == 1 and "nope.solverstate: solver state not found" in err
+
+
+def test_gpu_mode_without_cuda_warns_once(tmp_path, monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    solver = setup(tmp_path, monkeypatch, max_iter=1, mode="GPU")
+    rc, err = run_main(["--solver", solver, "--workers", "0"], capsys)
+    assert rc == 0
+    warnings = [ln for ln in err.splitlines() if ln.startswith("W")]
+    assert len(warnings) == 1 and "solver_mode GPU but CUDA is not available: training on the CPU" in warnings[0]
+
+
+def test_nan_loss_exits_nonzero_with_one_line(tmp_path, monkeypatch, capsys):
+    solver = setup(tmp_path, monkeypatch, max_iter=50)
+    Path(solver).write_text(Path(solver).read_text().replace("base_lr: 0.05", "base_lr: 1e38"))
+    rc, err = run_main(["--solver", solver, "--cpu", "--workers", "0"], capsys)
+    assert rc == 1
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: solver.prototxt: iteration \d+: the loss is (nan|inf); training stopped .*", last)
+    assert "the loss is" in Path("snapshots/train.log").read_text()  # in the log file too
+
+
+def test_sigterm_snapshots_and_exits_zero(tmp_path, monkeypatch):
+    solver = setup(tmp_path, monkeypatch, max_iter=100000, extra="snapshot_after_train: false")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/train.py"), "--solver", solver, "--cpu",
+                             "--workers", "0"], stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "snapshots" / "train.log"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.exists() and "Iteration 4 (" in log.read_text()):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    text = log.read_text()
+    assert "SIGTERM received" in text and "Optimization stopped early." in text
+    state = re.findall(r"Snapshotting solver state to binary proto file (\S+)", text)[-1]
+    assert (tmp_path / state).is_file()
+    resume = rf"To resume: \S+ \S*scripts/train.py --solver solver.prototxt --snapshot {re.escape(state)} --cpu"
+    assert re.search(resume, text)
+    model = {lp.name: lp for lp in read_caffemodel(state.replace(".solverstate", ".caffemodel")).layer}
+    assert np.isfinite(blob_to_array(model["conv"].blobs[0])).all()
+
+
+def test_help():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--snapshot" in out.stdout and "torchrun" in out.stdout
+
+
+def test_gpu_ids_and_relaunch_under_torchrun(monkeypatch):
+    assert train.gpu_ids("0,1") == [0, 1] and train.gpu_ids(None) is None
+    with pytest.raises(Exception, match="give a GPU id"):
+        train.gpu_ids("first")
+    calls = []
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train.torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(train.distributed, "relaunch", lambda script, argv, n: calls.append((Path(script).name, n)))
+    argv = ["--solver", "s.prototxt", "--gpu", "all"]
+    train.maybe_relaunch(train.parse_args(argv), argv)
+    assert calls == [("train.py", 4)]
+    argv = ["--solver", "s.prototxt", "--gpu", "0"]
+    train.maybe_relaunch(train.parse_args(argv), argv)
+    assert len(calls) == 1  # one GPU: no relaunch
+
+
+def test_bf16_on_cpu_warns(tmp_path, monkeypatch, capsys):
+    solver = setup(tmp_path, monkeypatch, max_iter=1)
+    rc, err = run_main(["--solver", solver, "--cpu", "--bf16", "--workers", "0"], capsys)
+    assert rc == 0 and "--bf16 applies to CUDA only" in err
+
+
+def test_resume_command_keeps_the_devices_and_process_count(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    args = train.parse_args(["--solver", "s.prototxt", "--gpu", "0,1", "--log", "my log.txt", "--bf16"])
+    cmd = train.resume_command(args, "snap/x_iter_5.solverstate", world=2)
+    assert cmd.endswith("--solver s.prototxt --snapshot snap/x_iter_5.solverstate --gpu 0,1 --log 'my log.txt' "
+                        "--bf16")
+    assert "torch.distributed.run" not in cmd  # --gpu 0,1 relaunches by itself
+    args = train.parse_args(["--solver", "s.prototxt"])  # started by torchrun with 4 processes
+    cmd = train.resume_command(args, "x.solverstate", world=4)
+    assert "-m torch.distributed.run --standalone --nproc_per_node=4 " in cmd
+    assert cmd.endswith("--solver s.prototxt --snapshot x.solverstate")
