@@ -23,8 +23,20 @@ def parse_text(text, msg_type, filename="<string>"):
         if m:
             line, col, detail = int(m.group(1)), int(m.group(2)), m.group(3)
         where = f"{filename}:{line}:{col}" if line is not None else filename
-        raise CaffeCamError(f"{where}: {detail.strip()}") from None
+        raise CaffeCamError(f"{where}: {detail.strip()}{_fork_field_hint(detail)}") from None
     return msg
+
+
+# Fields of Caffe forks that BVLC Caffe refuses too, with what to write instead.
+_FORK_FIELDS = {
+    "ceil_mode": "a field of a Caffe fork, which BVLC Caffe refuses too: delete it (BVLC's pooling rounds up, "
+                 "as ceil_mode: true did) or write round_mode: FLOOR for ceil_mode: false",
+}
+
+
+def _fork_field_hint(detail):
+    m = re.search(r'has no field named "(\w+)"', detail)
+    return f"; {_FORK_FIELDS[m.group(1)]}" if m and m.group(1) in _FORK_FIELDS else ""
 
 
 def read_text(path, msg_type):
