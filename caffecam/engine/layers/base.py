@@ -6,6 +6,20 @@ from torch import nn
 from caffecam.engine.fillers import fill
 from caffecam.errors import CaffeCamError
 
+# Caffe type name -> layer class; filled by @register in each family module (imported by layers/__init__.py).
+LAYER_TYPES = {}
+
+
+def register(*type_names):
+    """Class decorator: the class computes these Caffe layer types (default: the class's own name)."""
+    def add(cls):
+        for name in type_names or (cls.__name__,):
+            if name in LAYER_TYPES:
+                raise RuntimeError(f"layer type {name} registered twice")
+            LAYER_TYPES[name] = cls
+        return cls
+    return add
+
 
 class Layer(nn.Module):
     def __init__(self, lp, bottom_shapes, phase, generator=None):

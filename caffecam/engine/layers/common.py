@@ -5,10 +5,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from caffecam.engine.layers.base import Layer, canonical_axis
+from caffecam.engine.layers.base import Layer, canonical_axis, register
 from caffecam.proto import caffe_pb2
 
 
+@register()
 class Concat(Layer):
     def setup(self, lp, shapes, gen):
         if not shapes:
@@ -29,6 +30,7 @@ class Concat(Layer):
         return [torch.cat(xs, self.axis)]
 
 
+@register()
 class InnerProduct(Layer):
     def setup(self, lp, shapes, gen):
         p = lp.inner_product_param
@@ -50,6 +52,7 @@ class InnerProduct(Layer):
         return [F.linear(x, weight, self.blobs[1] if self.bias_term else None)]
 
 
+@register()
 class Softmax(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 1)
@@ -60,6 +63,7 @@ class Softmax(Layer):
         return [F.softmax(x, self.axis)]
 
 
+@register()
 class Flatten(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 1)
@@ -75,6 +79,7 @@ class Flatten(Layer):
         return [x.flatten(self.start, self.end)]
 
 
+@register()
 class Eltwise(Layer):
     def setup(self, lp, shapes, gen):
         p = lp.eltwise_param
@@ -101,6 +106,7 @@ class Eltwise(Layer):
         return [sum(c * x for c, x in zip(self.coeff, xs))]
 
 
+@register()
 class Split(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 1)

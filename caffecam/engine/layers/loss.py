@@ -5,12 +5,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from caffecam.engine.layers.base import Layer, canonical_axis
+from caffecam.engine.layers.base import Layer, canonical_axis, register
 from caffecam.proto import caffe_pb2
 
 _LOG_FLT_MIN = math.log(1.1754943508222875e-38)
 
 
+@register()
 class SoftmaxWithLoss(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 2)
@@ -66,6 +67,7 @@ def _scores_and_labels(layer, x, label):
     return scores, label, valid
 
 
+@register()
 class Accuracy(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 2)

@@ -2,12 +2,13 @@
 
 import torch.nn.functional as F
 
-from caffecam.engine.layers.base import Layer
+from caffecam.engine.layers.base import Layer, register
 from caffecam.proto import caffe_pb2
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 
+@register()
 class ReLU(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 1)
@@ -21,6 +22,7 @@ class ReLU(Layer):
         return [F.leaky_relu(x, self.slope)]
 
 
+@register()
 class Dropout(Layer):
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 1)

@@ -3,9 +3,10 @@
 import torch.nn.functional as F
 
 from caffecam.engine.kernels.lrn import lrn_across
-from caffecam.engine.layers.base import Layer
+from caffecam.engine.layers.base import Layer, register
 
 
+@register()
 class LRN(Layer):
     def setup(self, lp, shapes, gen):
         p = lp.lrn_param

@@ -4,9 +4,10 @@ import torch.nn.functional as F
 
 from caffecam.engine.kernels import winograd
 from caffecam.engine.kernels.pool_geometry import explicit_pool, pool_plan
-from caffecam.engine.layers.base import Layer, hw_pair
+from caffecam.engine.layers.base import Layer, hw_pair, register
 
 
+@register()
 class Convolution(Layer):
     def setup(self, lp, shapes, gen):
         p = lp.convolution_param
@@ -50,6 +51,7 @@ class Convolution(Layer):
         return [F.conv2d(x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)]
 
 
+@register()
 class Pooling(Layer):
     def setup(self, lp, shapes, gen):
         p = lp.pooling_param
