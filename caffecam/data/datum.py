@@ -16,6 +16,7 @@ import numpy as np
 from google.protobuf import message as pb_message
 from tqdm import tqdm
 
+from caffecam.atomic import plain_mode
 from caffecam.engine.prototxt import read_binary, write_binary
 from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
@@ -118,6 +119,7 @@ def write_lmdb(path, items, total=None, desc=None, commit_every=1000, map_size=1
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     count = 0
     try:
+        os.chmod(tmp, plain_mode(directory=True))  # mkdtemp's 0700 would hide the database from colleagues
         env = lmdb.open(str(tmp), map_size=map_size, subdir=True, lock=True)
         pending = []
 
