@@ -22,6 +22,7 @@ import shlex
 import torch
 
 from caffecam.allocator import keep_freed_memory
+from caffecam.data.images import DEFAULT_MAX_PIXELS
 from caffecam.engine.prototxt import read_solver
 from caffecam.engine.weights import load_weights
 from caffecam.errors import CaffeCamError, main_guard
@@ -51,6 +52,9 @@ def parse_args(argv):
                          "float noise; off on CUDA unless asked for)")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA (off by default: fidelity first)")
     ap.add_argument("--log", help="training log file (appended; default <snapshot_prefix folder>/train.log)")
+    ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                    help="refuse images with more pixels, read from their header before decoding (default "
+                         f"{DEFAULT_MAX_PIXELS:,}): a decompression bomb in a list stops training with one line")
     return ap.parse_args(argv)
 
 
@@ -147,6 +151,8 @@ def resume_command(args, state_path, world=1):
             cmd += [flag, value]
     if args.bf16:
         cmd.append("--bf16")
+    if args.max_pixels != DEFAULT_MAX_PIXELS:
+        cmd += ["--max-pixels", str(args.max_pixels)]
     return " ".join(shlex.quote(c) for c in cmd)
 
 
@@ -154,6 +160,8 @@ def resume_command(args, state_path, world=1):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.max_pixels < 1:
+        raise CaffeCamError(f"--max-pixels {args.max_pixels}: must be positive")
     if args.snapshot and args.weights:
         raise CaffeCamError("give --snapshot to resume training or --weights to fine-tune, not both")
     sp = read_solver(args.solver)
@@ -184,7 +192,8 @@ def main(argv=None):
             logger.info(f"Using {device} ({world} process{'es' if world > 1 else ''}); log file {log_path}")
         workers = args.workers if args.workers is not None else default_workers(world)
         solver = Solver(sp, args.solver, device, logger, rank=rank, world_size=world, workers=workers,
-                        channels_last=args.channels_last, bf16=args.bf16, group=group, on_iteration=progress.update)
+                        channels_last=args.channels_last, bf16=args.bf16, group=group, on_iteration=progress.update,
+                        max_pixels=args.max_pixels)
         per_process = solver.batch_size * sp.iter_size
         if logger is not None:
             sizes = f"{solver.batch_size} × iter_size {sp.iter_size}" if sp.iter_size > 1 else f"{solver.batch_size}"

@@ -17,6 +17,7 @@ from google.protobuf import message as pb_message
 from tqdm import tqdm
 
 from caffecam.atomic import plain_mode
+from caffecam.data.images import DEFAULT_MAX_PIXELS, opencv_reason, too_many_pixels
 from caffecam.engine.prototxt import read_binary, write_binary
 from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
@@ -60,16 +61,25 @@ def parse_datum(data, where="datum"):
     return datum
 
 
-def decode_datum(data, is_color=True, where="datum"):
+def decode_datum(data, is_color=True, where="datum", max_pixels=DEFAULT_MAX_PIXELS):
     """Datum bytes -> (image H×W×C, label).
 
     Raw records give uint8 BGR (C planes as stored; float_data records give float32). Encoded records are decoded
-    with OpenCV: 3 channels BGR when is_color, else 1 channel (Caffe's ImageData/Data is_color convention).
+    with OpenCV: 3 channels BGR when is_color, else 1 channel (Caffe's ImageData/Data is_color convention), after
+    their header is checked against `max_pixels`.
     """
     datum = parse_datum(data, where)
     if datum.encoded:
+        too_big = too_many_pixels(datum.data[:65536], len(datum.data), max_pixels)
+        if too_big:
+            raise CaffeCamError(f"{where}: encoded image {too_big} (--max-pixels); rebuild the LMDB with smaller "
+                                "images (e.g. prepare_mpii.py --resize 256)")
         flag = cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE
-        img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), flag)
+        try:
+            img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), flag)
+        except cv2.error as exc:
+            raise CaffeCamError(f"{where}: encoded image cannot be decoded (OpenCV: {opencv_reason(exc)}); rebuild "
+                                "the LMDB without it") from None
         if img is None:
             raise CaffeCamError(f"{where}: encoded image bytes could not be decoded (corrupt or unknown format)")
         if img.ndim == 2:

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from caffecam.data.images import DEFAULT_MAX_PIXELS
 from caffecam.data.sources import ImageListSource, LmdbSource
 from caffecam.data.transform import TRAIN, check_transform_param, load_mean, output_size, transform
 from caffecam.engine.netparam import current_layers, layer_included
@@ -121,21 +122,23 @@ class BatchFeed:
 
     next() -> {top[0]: float32 N×C×H×W, top[1]: int64 (N,)}. `prefetch`: batches in flight in all (Caffe's
     data_param.prefetch), at least one per worker. `start_batch`: resume after that many batches of this rank.
-    `seed` None or negative: a random seed (the run is then not reproducible).
+    `seed` None or negative: a random seed (the run is then not reproducible). `max_pixels`: larger images are
+    refused from their header, before decoding.
     """
 
     def __init__(self, lp, phase, seed=0, rank=0, world_size=1, workers=2, prefetch=4, start_batch=0,
-                 pin_memory=None):
+                 pin_memory=None, max_pixels=DEFAULT_MAX_PIXELS):
         where = f"layer '{lp.name}' ({lp.type})"
         if lp.type == "ImageData":
             p = lp.image_data_param
-            source, shuffle, is_color = ImageListSource(p, where), p.shuffle, p.is_color
+            source, shuffle, is_color = ImageListSource(p, where, max_pixels), p.shuffle, p.is_color
         elif lp.type == "Data":
             p = lp.data_param
             if p.backend != caffe_pb2.DataParameter.LMDB:
                 raise CaffeCamError(f"{where}: data_param.backend is LEVELDB (the default when unset); only LMDB is "
                                     "supported: convert the data to LMDB and set `backend: LMDB`")
-            source, shuffle, is_color = LmdbSource(p.source, where), False, not lp.transform_param.force_gray
+            source, shuffle = LmdbSource(p.source, where, max_pixels), False
+            is_color = not lp.transform_param.force_gray
         else:
             raise CaffeCamError(f"{where}: not a data layer this toolkit loads (Data with LMDB, ImageData)")
         if len(lp.top) not in (1, 2):

@@ -4,6 +4,7 @@ A file that cannot be used raises ImageLoadError (a CaffeCamError): callers repo
 """
 
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,27 @@ def header_size(head):
     return None
 
 
+# ---- size limits and OpenCV's refusals --------------------------------------------------------------------------
+
+def too_many_pixels(head, size, max_pixels):
+    """Why an image file is too large to decode: `is W×H = N pixels, over the limit of M` from its header (PNG,
+    JPEG, GIF, BMP, WebP, PNM), or from its byte size for other formats; None when it may be decoded."""
+    dims = header_size(head)
+    if dims is not None and dims[0] * dims[1] > max_pixels:
+        return f"is {dims[0]}×{dims[1]} = {dims[0] * dims[1]:,} pixels, over the limit of {max_pixels:,} pixels"
+    # A compressed file is smaller than its pixels; 16-bit RGBA uncompressed is 8 bytes a pixel.
+    if size > 8 * max_pixels + (1 << 20):
+        return f"is a file of {size:,} bytes, too large for an image of at most {max_pixels:,} pixels"
+    return None
+
+
+def opencv_reason(exc):
+    """A cv2.error as a short phrase: OpenCV's failed condition (e.g. its own pixel limit), on one line."""
+    text = " ".join(str(exc).split())
+    m = re.search(r"error: \([^)]*\) (.*?)(?: in function .*)?$", text)
+    return m.group(1) if m else text
+
+
 # ---- decoding -----------------------------------------------------------------------------------------------------
 
 def _to_uint8(img):
@@ -129,14 +151,10 @@ def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
         raise ImageLoadError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if size == 0:
         raise ImageLoadError(f"{path}: empty file, not an image")
-    too_big = f"over the limit of {max_pixels:,} pixels; shrink it first (e.g. to a few megapixels)"
-    dims = header_size(head)
-    if dims is not None and dims[0] * dims[1] > max_pixels:
-        raise ImageLoadError(f"{path}: image is {dims[0]}×{dims[1]} = {dims[0] * dims[1]:,} pixels, {too_big}")
-    # A compressed file is smaller than its pixels; 16-bit RGBA uncompressed is 8 bytes a pixel.
-    if size > 8 * max_pixels + (1 << 20):
-        raise ImageLoadError(f"{path}: file of {size:,} bytes is too large to be an image of at most {max_pixels:,} "
-                             "pixels; shrink it first")
+    shrink = "shrink it first (e.g. to a few megapixels)"
+    reason = too_many_pixels(head, size, max_pixels)
+    if reason:
+        raise ImageLoadError(f"{path}: image {reason}; {shrink}")
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
@@ -144,13 +162,14 @@ def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
     flag = cv2.IMREAD_COLOR if head[:2] == b"\xff\xd8" else cv2.IMREAD_UNCHANGED
     try:
         img = cv2.imdecode(data, flag)
-    except cv2.error:
-        img = None
+    except cv2.error as exc:
+        raise ImageLoadError(f"{path}: OpenCV refuses to decode it ({opencv_reason(exc)})") from None
     if img is None or img.size == 0:
         raise ImageLoadError(f"{path}: not an image, or a damaged one (OpenCV cannot decode it)")
     h, w = img.shape[:2]
     if h * w > max_pixels:
-        raise ImageLoadError(f"{path}: image is {w}×{h} = {w * h:,} pixels, {too_big}")
+        raise ImageLoadError(f"{path}: image is {w}×{h} = {w * h:,} pixels, over the limit of {max_pixels:,} pixels; "
+                             f"{shrink}")
     try:
         return to_bgr8(img)
     except ValueError as exc:

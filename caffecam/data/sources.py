@@ -6,6 +6,7 @@ from pathlib import Path
 import lmdb
 
 from caffecam.data.datum import decode_datum, parse_datum
+from caffecam.data.images import DEFAULT_MAX_PIXELS
 from caffecam.data.transform import read_image
 from caffecam.errors import CaffeCamError
 
@@ -48,13 +49,14 @@ def _parse_list(path, root_folder=""):
 class ImageListSource:
     """The images of an ImageData list file, read (and resized) as Caffe's ImageData layer does."""
 
-    def __init__(self, param, where="ImageData"):
+    def __init__(self, param, where="ImageData", max_pixels=DEFAULT_MAX_PIXELS):
         if (param.new_height > 0) != (param.new_width > 0):
             raise CaffeCamError(f"{where}: new_height and new_width must both be 0 or both be > 0, got "
                                 f"{param.new_height} and {param.new_width}")
         self.path = param.source
         self.entries = _parse_list(param.source, param.root_folder)
         self.is_color, self.new_h, self.new_w = param.is_color, param.new_height, param.new_width
+        self.max_pixels = max_pixels
         for p, _, no in self.entries:
             if not os.path.isfile(p):
                 raise CaffeCamError(f"{self.path}:{no}: image '{p}' does not exist (root_folder "
@@ -68,7 +70,7 @@ class ImageListSource:
 
     def load(self, i, is_color=None):
         p, label, _ = self.entries[i]
-        return read_image(p, self.is_color, self.new_h, self.new_w, where=self.where(i)), label
+        return read_image(p, self.is_color, self.new_h, self.new_w, self.where(i), self.max_pixels), label
 
     def labels(self):
         """[(label, where)] for every item."""
@@ -93,8 +95,8 @@ def _lmdb_env(path):
 class LmdbSource:
     """Datum records of an LMDB in key order, read by index."""
 
-    def __init__(self, path, where="Data"):
-        self.path = str(path)
+    def __init__(self, path, where="Data", max_pixels=DEFAULT_MAX_PIXELS):
+        self.path, self.max_pixels = str(path), max_pixels
         if not (Path(path) / "data.mdb").is_file():
             raise CaffeCamError(f"{where}: LMDB '{path}' not found (no data.mdb; relative paths start at "
                                 f"{os.getcwd()}); build it (e.g. prepare_mpii.py --lmdb) or fix data_param.source")
@@ -125,7 +127,7 @@ class LmdbSource:
             value = txn.get(self.keys[i])
             if value is None:
                 raise CaffeCamError(f"{self.where(i)}: record vanished; was the LMDB rewritten during training?")
-            return decode_datum(value, is_color=is_color, where=self.where(i))
+            return decode_datum(value, is_color, self.where(i), self.max_pixels)
 
     def labels(self):
         out = []

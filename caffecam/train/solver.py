@@ -28,14 +28,16 @@ from caffecam.train import lr_policy, sgd, snapshots, solver_nets
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 
-def data_feeds(workers=2, prefetch=4):
-    """The default feed factory: caffecam.data.feeds' BatchFeeds of the net's Data/ImageData layers."""
+def data_feeds(workers=2, prefetch=4, max_pixels=None):
+    """The default feed factory: caffecam.data.feeds' BatchFeeds of the net's Data/ImageData layers (images over
+    max_pixels refused; None: the data package's default)."""
 
     def factory(net_param, state, seed, rank, world_size, start_batch):
         from caffecam.data.feeds import make_feeds
 
+        limit = {} if max_pixels is None else {"max_pixels": max_pixels}
         return make_feeds(net_param, state.phase, level=state.level, stages=tuple(state.stage), seed=seed, rank=rank,
-                          world_size=world_size, workers=workers, prefetch=prefetch, start_batch=start_batch)
+                          world_size=world_size, workers=workers, prefetch=prefetch, start_batch=start_batch, **limit)
 
     return factory
 
@@ -60,7 +62,8 @@ class Solver:
     """
 
     def __init__(self, solver_param, solver_path="solver.prototxt", device="cpu", logger=None, rank=0, world_size=1,
-                 feeds=None, workers=2, channels_last=None, bf16=False, group=None, on_iteration=None):
+                 feeds=None, workers=2, channels_last=None, bf16=False, group=None, on_iteration=None,
+                 max_pixels=None):
         sp = self.sp = solver_param
         self.where = str(solver_path)
         self.device = torch.device(device)
@@ -80,7 +83,7 @@ class Solver:
         self.seed = sp.random_seed if sp.random_seed >= 0 else secrets.randbits(62)
         if group is not None and sp.random_seed < 0:
             self.seed = group.broadcast_int(self.seed)  # every rank must cut the same data stream
-        self._feed_factory = feeds or data_feeds(workers)
+        self._feed_factory = feeds or data_feeds(workers, max_pixels=max_pixels)
         self.iter, self.current_step, self.stop_requested, self.stopped = 0, 0, False, False
         self._last_snapshot, self.last_snapshot_path = None, None
         self.train_feeds, self.test_feeds, self.test_nets = [], [], []

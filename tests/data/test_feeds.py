@@ -12,6 +12,7 @@ from caffecam.data.sources import load_list
 from caffecam.engine.net import Net
 from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
+from tests.bombs import bomb_png
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
@@ -188,6 +189,25 @@ def test_lmdb_records_in_key_order_raw_and_encoded(tmp_path, encoded):
     with BatchFeed(feed_layer := lmdb_layer(tmp_path / "db", transform="crop_size: 4 mirror: true"), TRAIN,
                    seed=2, workers=2) as parallel:
         assert same(take(parallel, 3), take(BatchFeed(feed_layer, TRAIN, seed=2, workers=0), 3))
+
+
+@pytest.mark.parametrize("max_pixels, message", [
+    ({}, "encoded image is 40000×40000 = 1,600,000,000 pixels, over the limit of 100,000,000 pixels (--max-pixels); "
+         "rebuild the LMDB with smaller images (e.g. prepare_mpii.py --resize 256)"),
+    ({"max_pixels": 2_000_000_000}, "encoded image cannot be decoded (OpenCV: pixels <= CV_IO_MAX_IMAGE_PIXELS); "
+                                    "rebuild the LMDB without it"),
+])
+def test_decompression_bomb_in_an_lmdb_is_one_line_from_a_worker(tmp_path, max_pixels, message):
+    good = encode_datum(np.zeros((6, 6, 3), np.uint8), 0, ext=".png")
+    bomb = caffe_pb2.Datum(channels=1, height=40000, width=40000, data=bomb_png(), label=1, encoded=True)
+    records = [(lmdb_key(0, "a.png"), good), (lmdb_key(1, "b.png"), good), (lmdb_key(2, "bomb.png"),
+                                                                             bomb.SerializeToString())]
+    write_lmdb(tmp_path / "db", records, progress=False)
+    feed = BatchFeed(lmdb_layer(tmp_path / "db"), TRAIN, workers=2, **max_pixels)
+    feed.next()
+    with pytest.raises(CaffeCamError) as err:
+        feed.next()
+    assert str(err.value) == f"{tmp_path}/db: record 2 (key '00000002_bomb.png'): {message}"
 
 
 def test_lmdb_errors(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 
 from caffecam.engine.weights import blob_to_array, read_caffemodel
 from scripts import train
+from tests.bombs import OPENCV_MAX_PIXELS, bomb_png
 from tests.solver_helpers import IMAGE_NET, write_images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,3 +187,28 @@ def test_resume_command_keeps_the_devices_and_process_count(monkeypatch):
     cmd = train.resume_command(args, "x.solverstate", world=4)
     assert "-m torch.distributed.run --standalone --nproc_per_node=4 " in cmd
     assert cmd.endswith("--solver s.prototxt --snapshot x.solverstate")
+
+
+@pytest.mark.parametrize("max_pixels, message", [
+    (None, "is 40000×40000 = 1,600,000,000 pixels, over the limit of 100,000,000 pixels (--max-pixels); shrink it or "
+           "remove that line"),
+    (2_000_000_000, "cannot be decoded (OpenCV: pixels <= CV_IO_MAX_IMAGE_PIXELS); fix or remove that line of the "
+                    "list"),
+])
+def test_decompression_bomb_in_the_list_snapshots_and_stops_with_one_line(tmp_path, monkeypatch, capsys, max_pixels,
+                                                                          message):
+    solver = setup(tmp_path, monkeypatch, max_iter=20)
+    # Training reads data/train.txt in order, 3 images a batch: line 8 comes in the batch of iteration 2.
+    assert bomb_png().startswith(b"\x89PNG") and 40000 * 40000 > OPENCV_MAX_PIXELS
+    Path("data/img/bomb.png").write_bytes(bomb_png())
+    lines = [f"img/{i}.png {i % 3}" for i in range(7)] + ["img/bomb.png 1", "img/8.png 2"]
+    Path("data/train.txt").write_text("\n".join(lines) + "\n")
+    net = IMAGE_NET.replace("DIR/list.txt", "DIR/train.txt", 1).replace("shuffle: true", "shuffle: false")
+    Path("net.prototxt").write_text(net.replace("DIR", "data"))
+    extra = [] if max_pixels is None else ["--max-pixels", str(max_pixels)]
+    rc, err = run_main(["--solver", solver, "--cpu", "--workers", "1", *extra], capsys)
+    assert rc == 1 and "Traceback" not in err
+    assert err.splitlines()[-1] == f"error: data/train.txt:8: image 'data/img/bomb.png' {message}"
+    log = Path("snapshots/train.log").read_text()
+    assert "iterations so far are saved in snapshots/tiny_iter_2.solverstate" in log
+    assert Path("snapshots/tiny_iter_2.caffemodel").is_file() and Path("snapshots/tiny_iter_2.solverstate").is_file()
