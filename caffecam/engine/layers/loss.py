@@ -77,7 +77,11 @@ class Accuracy(Layer):
         if self.top_k > shapes[0][self.axis]:
             self.fail(f"top_k {self.top_k} exceeds the {shapes[0][self.axis]} classes")
         _need_one_label_per_prediction(self, shapes)
-        return [()]
+        if len(lp.top) > 2:
+            self.fail(f"has {len(lp.top)} tops; at most 2 (accuracy, and per-class accuracy)")
+        # A second top: the accuracy of each class over the samples labelled with it (0 for a class with none).
+        self.per_class = len(lp.top) == 2
+        return [()] + ([(shapes[0][self.axis],)] if self.per_class else [])
 
     def forward(self, x, label):
         with torch.no_grad():
@@ -86,4 +90,10 @@ class Accuracy(Layer):
             # Caffe: correct when fewer than top_k other classes score >= the true class (a tie counts against it;
             # all scores equal is wrong at any top_k < classes).
             correct = ((scores >= true_score).sum(1) - 1 < self.top_k) & valid
-            return [correct.sum().to(x.dtype) / valid.sum().clamp(min=1).to(x.dtype)]
+            tops = [correct.sum().to(x.dtype) / valid.sum().clamp(min=1).to(x.dtype)]
+            if self.per_class:
+                classes = scores.shape[1]
+                seen = torch.bincount(label[valid], minlength=classes).to(x.dtype)
+                right = torch.bincount(label[correct], minlength=classes).to(x.dtype)
+                tops.append(torch.where(seen > 0, right / seen.clamp(min=1), torch.zeros_like(seen)))
+            return tops
