@@ -1,6 +1,7 @@
 """The base of every layer class (set-up checks shared by the layer types) and the helpers that read their
 parameters."""
 
+import torch
 from torch import nn
 
 from caffecam.engine.fillers import fill
@@ -26,13 +27,25 @@ class Layer(nn.Module):
         super().__init__()
         self.name, self.type, self.phase = lp.name, lp.type, phase
         self.blobs = nn.ParameterList()
+        self._fillers = []
         self.top_shapes = self.setup(lp, [tuple(s) for s in bottom_shapes], generator)
 
     def fail(self, what):
         raise CaffeCamError(f"layer '{self.name}' ({self.type}): {what}")
 
     def add_blob(self, shape, filler, generator):
-        self.blobs.append(nn.Parameter(fill(shape, filler, generator, where=f"layer '{self.name}'")))
+        """A learnable blob: at set-up a meta tensor (its shape, the filler checked, no memory, the generator not
+        drawn from); materialize() fills it, in the same order, once the net knows it fits in memory."""
+        where = f"layer '{self.name}'"
+        with torch.device("meta"):
+            self.blobs.append(nn.Parameter(fill(shape, filler, generator, where=where)))
+        self._fillers.append((shape, filler, where))
+
+    def materialize(self, generator=None):
+        """Allocate and fill the blobs add_blob declared (Caffe's fillers, drawing from `generator`)."""
+        for i, (shape, filler, where) in enumerate(self._fillers):
+            if self.blobs[i].is_meta:
+                self.blobs[i] = nn.Parameter(fill(shape, filler, generator, where=where))
 
     def need_hw_pairs(self, p, names):
         """Caffe rejects a lone x_h or x_w for these fields (the other would silently be 0)."""
