@@ -11,7 +11,8 @@ import re
 from caffecam.allocator import keep_freed_memory
 from caffecam.cam.localize import parse_thresholds, read_boxes
 from caffecam.cam.pipeline import add_model_args, check_model_args, model_from_args, report_localization, run_cam
-from caffecam.data.images import collect_inputs
+from caffecam.cam.report import ReportWriter
+from caffecam.data.images import LIST_EXTS, collect_inputs
 from caffecam.errors import CaffeCamError, main_guard
 
 AUTO_MODEL = "prototxt/googlenet_cam_deploy.prototxt"
@@ -24,7 +25,8 @@ def build_parser():
     p = argparse.ArgumentParser(
         description="Class activation maps (CAM) of a GAP network: for each image a heat-map overlay with the\n"
                     "predicted class and its box (<stem>_cam.png), the top-k classes, probabilities and boxes\n"
-                    "(<stem>_cam.json), optionally the raw maps (<stem>_cam.npy, float32 K×h×w) and a gallery.\n"
+                    "(<stem>_cam.json), optionally the raw maps (<stem>_cam.npy, float32 K×h×w) and a gallery;\n"
+                    "for folders and list files also index.html, a page to browse them (filters, maps, boxes).\n"
                     "Images that cannot be read are reported and skipped; the exit status is then 1.",
         epilog="INPUT: image files, folders (searched recursively) or list files (.txt: `path label` per line).\n\n"
                "examples:\n"
@@ -48,6 +50,9 @@ def build_parser():
                    help="score localization against boxes.csv (`path x1 y1 x2 y2`, x2/y2 exclusive); needs "
                         "labelled inputs (a list file)")
     p.add_argument("--eval-json", metavar="PATH", help="write the localization scores to PATH")
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
+                   help="write OUT/index.html, a page to browse the results in a browser from file:// (default: on "
+                        "when an INPUT is a folder or a list file)")
     return p
 
 
@@ -108,11 +113,21 @@ def main(argv=None):
     model = model_from_args(args)
     if args.top_k > model.num_classes:
         raise CaffeCamError(f"--top-k {args.top_k}: the net has only {model.num_classes} classes")
+    if args.report is None:
+        args.report = any(Path(i).is_dir() or Path(i).suffix.lower() in LIST_EXTS for i in args.inputs)
+    report = None
+    if args.report:
+        info = {"model": args.model, "weights": args.weights, "inputs": " ".join(map(str, args.inputs))}
+        more = f" and {len(args.inputs) - 1} more" if len(args.inputs) > 1 else ""
+        report = ReportWriter(args.out, model.labels, args.box_threshold, args.alpha, args.top_k, boxes,
+                              title=f"CAM report: {Path(args.inputs[0]).name}{more}",
+                              info={k: str(v) for k, v in info.items()})
     print(f"CAM of '{model.layers.feature_blob}' × '{model.layers.fc_layer}' on {model.device} ({model.precision}) "
           f"for {len(items)} image(s)")
     result = run_cam(model, items, args.out, top_k=args.top_k, alpha=args.alpha, box_threshold=args.box_threshold,
                      save_maps=args.save_maps, gallery=args.gallery, batch_size=args.batch_size, workers=args.workers,
-                     boxes=boxes, thresholds=thresholds, max_pixels=args.max_pixels, progress=not args.no_progress)
+                     boxes=boxes, thresholds=thresholds, max_pixels=args.max_pixels, progress=not args.no_progress,
+                     report=report)
     done = len(result["records"])
     print(f"wrote {done} result(s) to {args.out}/ (<stem>_cam.png, <stem>_cam.json"
           + (", <stem>_cam.npy)" if args.save_maps else ")"))
@@ -121,6 +136,8 @@ def main(argv=None):
         print(f"top-1: {top['class_name']} ({top['prob']:.1%}), box {top['box']}")
     if result["gallery"]:
         print(f"gallery: {result['gallery']}")
+    if result["report"]:
+        print(f"report: {result['report']} (open it in a browser)")
     summary = result["localization"]
     if summary is not None:
         report_localization(summary, args.eval_json)

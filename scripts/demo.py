@@ -1,8 +1,9 @@
 """`make demo`: the whole workflow end to end on the built-in synthetic data set, on the CPU.
 
 Generates the demo images (with ground-truth boxes), trains the small GoogLeNet-CAM from scratch through the real
-solver, plots the learning curves, runs CAM on the validation images with a gallery, scores localization, and writes
-results/demo/metrics.json. Each step runs the same command a user would type, and is skipped when its output exists.
+solver, plots the learning curves, runs CAM on the validation images with a gallery and the report page, scores
+localization, and writes results/demo/metrics.json. Each step runs the same command a user would type, and is
+skipped when its output exists.
 """
 
 import argparse
@@ -98,6 +99,7 @@ def main(argv=None):
     print(f"  learning curves   {RESULTS / 'curves.png'}")
     print(f"  CAM gallery       {RESULTS / 'gallery.png'}")
     print(f"  per-image CAMs    {RESULTS / 'cam'}/")
+    print(f"  CAM report        {RESULTS / 'cam' / 'index.html'}   (open it in a browser)")
     print(f"  metrics           {RESULTS / 'metrics.json'}")
     print(f"  top-1 accuracy {metrics['accuracy']:.3f}, top-1 localization {metrics['loc_accuracy']:.3f}, "
           f"GT-known localization {metrics['gt_known_loc_accuracy']:.3f}, wall time {metrics['wall_seconds']:.0f}s")

@@ -66,3 +66,4 @@ def test_demo_end_to_end(tmp_path):
     for out in ("curves.png", "gallery.png", "train_log.train.csv", "localization.json"):
         assert (tmp_path / "results/demo" / out).stat().st_size > 0
     assert "results/demo/metrics.json" in proc.stdout
+    assert "results/demo/cam/index.html" in proc.stdout and (tmp_path / "results/demo/cam/index.html").exists()

@@ -109,7 +109,8 @@ def best_iou(box, gt_boxes):
 
 
 class LocalizationTally:
-    """Accumulates per-image outcomes; summary() gives the CAM paper's three numbers for each threshold."""
+    """Accumulates per-image outcomes; summary() gives the CAM paper's three numbers for each threshold, and
+    per true class (`per_class`) at the main threshold."""
 
     def __init__(self, thresholds, main_threshold=DEFAULT_BOX_THRESHOLD):
         self.thresholds = sorted(set(thresholds) | {main_threshold})
@@ -117,22 +118,30 @@ class LocalizationTally:
         self.n = self.correct = 0
         self.loc = [0] * len(self.thresholds)
         self.gt_known = [0] * len(self.thresholds)
+        self.by_class = {}  # true class -> [images, right, loc hits, gt-known hits] at the main threshold
 
     def score(self, label_map, gt_boxes):
         """Per threshold: does the box of the true class's map (original image size) hit a ground-truth box?"""
         return [best_iou(map_box(label_map, t), gt_boxes) >= IOU_THRESHOLD for t in self.thresholds]
 
-    def record(self, right, gt_hits):
+    def record(self, right, gt_hits, label=None):
+        """One image: `right` (top-1 is the true class), `gt_hits` (from score), `label` (its true class, for the
+        per-class numbers)."""
         self.n += 1
         self.correct += bool(right)
         for i, hit in enumerate(gt_hits):
             self.gt_known[i] += bool(hit)
             # With the right class the predicted class's map is the true class's map.
             self.loc[i] += bool(right and hit)
+        if label is not None:
+            hit = bool(gt_hits[self.thresholds.index(self.main)])
+            counts = self.by_class.setdefault(int(label), [0, 0, 0, 0])
+            for j, v in enumerate((1, bool(right), bool(right and hit), hit)):
+                counts[j] += v
 
     def add(self, pred, label, label_map, gt_boxes):
         """`label_map`: the true class's map at original image size (also the predicted one when right)."""
-        self.record(int(pred) == int(label), self.score(label_map, gt_boxes))
+        self.record(int(pred) == int(label), self.score(label_map, gt_boxes), int(label))
 
     def summary(self):
         if not self.n:
@@ -144,7 +153,10 @@ class LocalizationTally:
         return {"images": self.n, "accuracy": self.correct / self.n, "threshold": self.main,
                 "loc_accuracy": main["loc_accuracy"], "gt_known_loc_accuracy": main["gt_known_loc_accuracy"],
                 "iou_threshold": IOU_THRESHOLD, "best_threshold": best["threshold"],
-                "best_loc_accuracy": best["loc_accuracy"], "per_threshold": per}
+                "best_loc_accuracy": best["loc_accuracy"], "per_threshold": per,
+                "per_class": [{"class_id": c, "images": n, "accuracy": right / n, "loc_accuracy": lo / n,
+                               "gt_known_loc_accuracy": g / n}
+                              for c, (n, right, lo, g) in sorted(self.by_class.items())]}
 
 
 def format_summary(s):

@@ -114,12 +114,14 @@ def _caption(top, rank, count):
 
 def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAULT_BOX_THRESHOLD, save_maps=False,
             gallery=None, batch_size=16, workers=None, boxes=None, thresholds=None, max_pixels=DEFAULT_MAX_PIXELS,
-            progress=True, gallery_limit=400):
+            progress=True, gallery_limit=400, report=None):
     """CAM over `items` (InputItems). Writes <stem>_cam.png/.json (and .npy with save_maps) into `out_dir` when given,
     a contact sheet to `gallery` when given, and scores localization against `boxes` ({path_key: [box]}) when
-    given. Files are written by a thread pool while the next batches compute.
+    given. Files are written by a thread pool while the next batches compute. `report` (a report.ReportWriter) is
+    handed each result in those threads and writes its page at the end.
 
-    Returns {"records": [per-image JSON dicts], "failures": [(path, message)], "localization": summary or None}.
+    Returns {"records": [per-image JSON dicts], "failures": [(path, message)], "localization": summary or None,
+    "gallery": path or None, "report": path of the page or None}.
     """
     out_dir = Path(out_dir) if out_dir is not None else None
     stems = output_stems([it.path for it in items])
@@ -127,7 +129,8 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
     draw = out_dir is not None or gallery is not None
     workers = workers or min(8, (os.cpu_count() or 2) + 1)
 
-    def finish(res, stem):
+    def finish(res, i):
+        stem = stems[i]
         h, w = res.image.shape[:2]
         up = upsample_maps(res.maps, w, h)
         tops = [{"class_id": int(c), "class_name": model.labels[c], "prob": float(p),
@@ -154,7 +157,9 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
         if gt and res.label_map is not None:
             label = res.item.label
             label_map = up[0] if label == tops[0]["class_id"] else upsample_maps(res.label_map[None], w, h)[0]
-            scored = (tops[0]["class_id"] == label, tally.score(label_map, gt))
+            scored = (tops[0]["class_id"] == label, tally.score(label_map, gt), label)
+        if report is not None:
+            report.add(i, stem, res, record, up)
         return record, thumb, scored
 
     records, failures, thumbs, captions, unscored = [], [], [], [], 0
@@ -181,13 +186,15 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
 
     pending = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="cam-write") as writer:
-        for i, res in enumerate(iter_cams(model, items, top_k, batch_size, workers, tally is not None, max_pixels)):
+        # The report shows the true class's map beside the top-k ones, so it asks for the label maps too.
+        label_maps = tally is not None or report is not None
+        for i, res in enumerate(iter_cams(model, items, top_k, batch_size, workers, label_maps, max_pixels)):
             if res.error:
                 failures.append((str(res.item.path), res.error))
                 tqdm.write(res.error, file=sys.stderr)
                 bar.update()
                 continue
-            pending.append((i, writer.submit(finish, res, stems[i])))
+            pending.append((i, writer.submit(finish, res, i)))
             while len(pending) > 2 * batch_size:
                 drain(*pending.popleft())
         while pending:
@@ -200,8 +207,9 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
     if tally is not None:
         summary = tally.summary()
         summary["unscored"] = unscored
+    page = report.write(summary, failures) if report is not None else None
     return {"records": records, "failures": failures, "localization": summary,
-            "gallery": str(gallery) if gallery is not None and thumbs else None}
+            "gallery": str(gallery) if gallery is not None and thumbs else None, "report": page}
 
 
 def evaluate_localization(model, items, boxes, thresholds=(DEFAULT_BOX_THRESHOLD,),

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from caffecam.bench import browser, timing, training
 from caffecam.bench import cam as bench_cam
-from caffecam.bench import timing, training
 from caffecam.cam.maps import CamModel
 from caffecam.engine.net import Net
 from caffecam.nets.googlenet_cam import tiny_cam_net
@@ -30,6 +30,8 @@ TORCHCAM_KEYS = {"torchcam_cam_images_per_s", "cam_vs_torchcam_cam", "torchcam_g
                  "cam_vs_torchcam_gradcam", "torchcam_cam_max_rel_diff", "torchcam_gradcam_max_rel_diff",
                  "torchcam_pipeline_images_per_s", "speedup"}
 DIFF_KEYS = {"torchcam_cam_max_rel_diff", "torchcam_gradcam_max_rel_diff"}
+PAGE_KEYS = {"first_paint_ms", "filter_ms", "search_ms", "detail_ms"}
+HAS_BROWSER = browser.missing() is None
 EXPECTED = {
     "train": {"batch", "cpu_fp32_contiguous_images_per_s", "cpu_fp32_channels_last_images_per_s",
               "cpu_channels_last_speedup", "caffe_reference_images_per_s", "caffe_reference_batch", "cpu_vs_caffe",
@@ -43,13 +45,14 @@ EXPECTED = {
     "cam_end_to_end": {"images", "run_cam_images_per_s", "torchcam_pipeline_images_per_s", "speedup",
                        "goal_speedup"},
     "loader": {"batch", "workers", "jpeg_images_per_s", "lmdb_images_per_s", "lmdb_vs_jpeg"},
+    "report": {"entries", "write_s", "write_entries_per_s", "data_js_mb", "expected_wrong_only", "goal_ms"} | PAGE_KEYS,
     "memory": {"cpu_train_step_mb", "cpu_baseline_mb", "cpu_peak_mb", "gpu_fp32_train_step_mb", "gpu_fp32_peak_mb",
                "gpu_bf16_channels_last_train_step_mb", "gpu_bf16_channels_last_peak_mb", "keep_freed_memory",
                "cpu_images_per_s_keep_freed_memory", "cpu_images_per_s_default_malloc", "keep_freed_memory_speedup",
                "cpu_peak_mb_default_malloc", "cpu_train_step_mb_default_malloc"},
 }
 PIPELINE = {"images_per_s", "data_wait_fraction", "workers", "steps", "device"}
-SECTIONS = {"data", "memory", "train", "pipeline", "inference", "cam", "end_to_end", "loader"}
+SECTIONS = {"data", "memory", "train", "pipeline", "inference", "cam", "end_to_end", "loader", "report"}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +70,8 @@ def check_numbers(section, values, torchcam):
             assert v is None, f"{section}.{key} without CUDA"
         elif key in TORCHCAM_KEYS and not torchcam:
             assert v is None, f"{section}.{key} without torchcam"
+        elif key in PAGE_KEYS and not HAS_BROWSER:
+            assert v is None, f"{section}.{key} without Chromium"
         elif key in DIFF_KEYS:
             assert 0 <= v < 1e-4, f"{section}.{key} = {v}"
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -95,7 +100,8 @@ def test_quick_report_has_every_entry(quick):
     if HAS_TORCHCAM:
         assert r["cam"]["torchcam_cam_images_per_s"] > 0 and r["cam_end_to_end"]["torchcam_pipeline_images_per_s"] > 0
     for line in ("training, batch 4", "real Caffe 1.0 reference 4.6", "waiting for data", "CamModel.run",
-                 "CAM end to end", "data loader", "memory of one training step", "time per section", "wrote "):
+                 "CAM end to end", "data loader", "memory of one training step", "CAM report page, 200 entries",
+                 "time per section", "wrote "):
         assert line in stdout
 
 
@@ -119,6 +125,11 @@ def test_quick_ratios_agree_with_their_parts(quick):
         m["cpu_images_per_s_keep_freed_memory"] / m["cpu_images_per_s_default_malloc"])
     assert m["keep_freed_memory"] is (sys.platform == "linux")
     assert (t["goal_cpu_vs_caffe"], c["goal_cam_overhead_ratio"], e["goal_speedup"]) == (3.0, 1.15, 2.0)
+    p = r["report"]
+    assert p["entries"] == 200 and p["goal_ms"] == 2000.0 and p["expected_wrong_only"] == 50
+    assert p["write_entries_per_s"] == pytest.approx(p["entries"] / p["write_s"])
+    if HAS_BROWSER:  # the page's own count after "wrong only", and a page of cards in the DOM
+        assert p["wrong_only_matching"] == p["expected_wrong_only"] and 0 < p["cards_in_dom"] <= 50
     if HAS_TORCHCAM:
         assert e["speedup"] == pytest.approx(e["run_cam_images_per_s"] / e["torchcam_pipeline_images_per_s"])
         assert c["cam_vs_torchcam_cam"] == pytest.approx(c["cam_images_per_s"] / c["torchcam_cam_images_per_s"])

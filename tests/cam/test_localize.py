@@ -124,6 +124,10 @@ def test_tally_by_hand():
     assert p05["threshold"] == 0.5 and p05["loc_accuracy"] == pytest.approx(1 / 3)
     assert p05["gt_known_loc_accuracy"] == pytest.approx(2 / 3)
     assert s["best_threshold"] == 0.2
+    # per true class, at the main threshold 0.2: class 1 has a right hit and a wrong (GT-known) hit, class 2 a right hit
+    assert s["per_class"] == [
+        {"class_id": 1, "images": 2, "accuracy": 0.5, "loc_accuracy": 0.5, "gt_known_loc_accuracy": 1.0},
+        {"class_id": 2, "images": 1, "accuracy": 1.0, "loc_accuracy": 1.0, "gt_known_loc_accuracy": 1.0}]
     with pytest.raises(CaffeCamError, match="no image"):
         LocalizationTally([0.2]).summary()
 
