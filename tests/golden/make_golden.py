@@ -106,6 +106,13 @@ def vision():
         [((2, 3, 8, 7), "n")])
     add(f, "pool_ave_floor_pad", "Pooling",
         "pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 round_mode: FLOOR }", [((2, 3, 8, 7), "n")])
+    # CEIL rounding with padding: the last window would start in the bottom/right padding, so Caffe drops it.
+    add(f, "pool_max_ceil_pad_drop", "Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 }",
+        [((2, 3, 7, 7), "n")])
+    add(f, "pool_ave_ceil_pad_drop", "Pooling", "pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 }",
+        [((2, 3, 7, 7), "n")])
+    add(f, "pool_ave_ceil_overhang", "Pooling", "pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }",
+        [((1, 2, 6, 6), "n")])
     add(f, "pool_global_ave", "Pooling", "pooling_param { pool: AVE global_pooling: true }", [(IMG, "n")])
     add(f, "pool_global_max", "Pooling", "pooling_param { pool: MAX global_pooling: true }", [(IMG, "n")])
     add(f, "pool_rect_hw", "Pooling", "pooling_param { pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2 }",
@@ -243,6 +250,7 @@ def common():
         nt=3)
     add(f, "slice_even_axis0", "Slice", "slice_param { axis: 0 }", [((6, 3, 2), "n")], nt=3)
     add(f, "slice_axis_neg1", "Slice", "slice_param { axis: -1 slice_point: 3 }", [(IMG, "n")], nt=2)
+    add(f, "silence", "Silence", "", [(IMG, "n"), ((3, 2), "n")], nt=0)
     add(f, "softmax_axis1", "Softmax", "", [(IMG, "n3")])
     add(f, "softmax_axis_neg1", "Softmax", "softmax_param { axis: -1 }", [((2, 3, 6), "n3")])
     add(f, "split_3", "Split", "", [(IMG, "n")], nt=3)
