@@ -18,6 +18,9 @@ What it records (float32, as Caffe computes; strings as numpy unicode arrays, so
       force_backward overrides propagate_down and some layers abort on it); instead its differentiable bottoms pass
       through a Bias layer holding 0 (exact: x + 0) and its tops get loss_weight 1 in the recording net only; the
       recorded text is the layer as written.
+  tests/golden/nets/<net>.npz        TEST-phase forward of small nets with in-place chains (conv -> BatchNorm -> Scale
+      -> ReLU writing one blob): net text, param/<layer>/<i>, input/<blob>, and blob/<name> for every blob as Caffe
+      holds it after the forward (an in-place blob: its value after the last in-place layer).
   tests/golden/training/<run>.npz    short runs of caffe.SGDSolver on small mixed nets, the data fed into Input
       blobs each iteration: solver and net text, initial weights (<layer>/<i>), the data of each iteration
       (data/<blob>, first axis = iteration), each iteration's loss (the net's loss of that forward/backward) and
@@ -599,6 +602,102 @@ def record_training(caffe, name, spec):
     return out
 
 
+# ------------------------------------------------------------------------------------------------ whole nets
+
+# TEST-phase forward passes of small nets with in-place chains (conv -> BatchNorm -> Scale -> ReLU all writing one
+# blob, as ResNets do): every blob as Caffe holds it after the forward, i.e. after the last in-place layer.
+NETS = {}
+NETS["resnet_block_inplace"] = dict(inputs={"data": (2, 3, 7, 7)}, net="""
+layer { name: "input" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 7 dim: 7 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4
+  kernel_size: 3 pad: 1 stride: 2 bias_term: false } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2" convolution_param { num_output: 4
+  kernel_size: 3 pad: 1 bias_term: false } }
+layer { name: "bn2" type: "BatchNorm" bottom: "conv2" top: "conv2" }
+layer { name: "scale2" type: "Scale" bottom: "conv2" top: "conv2" scale_param { bias_term: true } }
+layer { name: "short" type: "Convolution" bottom: "data" top: "short" convolution_param { num_output: 4
+  kernel_size: 1 stride: 2 } }
+layer { name: "sum" type: "Eltwise" bottom: "short" bottom: "conv2" top: "sum" }
+layer { name: "relu2" type: "ReLU" bottom: "sum" top: "sum" }
+layer { name: "pool" type: "Pooling" bottom: "sum" top: "pool" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 3 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+""")
+NETS["mixed_inplace"] = dict(inputs={"data": (2, 4, 5, 6)}, net="""
+layer { name: "input" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 6 } } }
+layer { name: "prelu" type: "PReLU" bottom: "data" top: "data" }
+layer { name: "slice" type: "Slice" bottom: "data" top: "s1" top: "s2" slice_param { slice_point: 1 } }
+layer { name: "tanh" type: "TanH" bottom: "s1" top: "s1" }
+layer { name: "mvn" type: "MVN" bottom: "s2" top: "s2n" }
+layer { name: "power" type: "Power" bottom: "s2n" top: "s2n" power_param { power: 2 shift: 1 } }
+layer { name: "cat" type: "Concat" bottom: "s1" bottom: "s2n" top: "cat" }
+layer { name: "deconv" type: "Deconvolution" bottom: "cat" top: "deconv" convolution_param { num_output: 2
+  kernel_size: 2 stride: 2 } }
+layer { name: "sigmoid" type: "Sigmoid" bottom: "deconv" top: "deconv" }
+layer { name: "dropout" type: "Dropout" bottom: "deconv" top: "deconv" }
+layer { name: "flat" type: "Flatten" bottom: "deconv" top: "flat" }
+layer { name: "ip" type: "InnerProduct" bottom: "flat" top: "ip" inner_product_param { num_output: 5 } }
+layer { name: "bn" type: "BatchNorm" bottom: "ip" top: "ip" }
+layer { name: "absval" type: "AbsVal" bottom: "ip" top: "abs" }
+""")
+
+# Only the types of the GoogLeNet era: in-place ReLU after Convolution, InnerProduct and Concat, in-place Dropout.
+NETS["inception_inplace"] = dict(inputs={"data": (2, 3, 9, 9)}, net="""
+layer { name: "input" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 6
+  kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1" lrn_param { local_size: 5 alpha: 0.01 beta: 0.75 } }
+layer { name: "a" type: "Convolution" bottom: "norm1" top: "a" convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "relu_a" type: "ReLU" bottom: "a" top: "a" }
+layer { name: "b" type: "Convolution" bottom: "norm1" top: "b" convolution_param { num_output: 4 kernel_size: 3
+  pad: 1 } }
+layer { name: "relu_b" type: "ReLU" bottom: "b" top: "b" }
+layer { name: "c" type: "Pooling" bottom: "norm1" top: "c" pooling_param { pool: MAX kernel_size: 3 stride: 1
+  pad: 1 } }
+layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" bottom: "c" top: "cat" }
+layer { name: "relu_cat" type: "ReLU" bottom: "cat" top: "cat" relu_param { negative_slope: 0.2 } }
+layer { name: "pool" type: "Pooling" bottom: "cat" top: "pool" pooling_param { pool: AVE kernel_size: 3 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
+layer { name: "relu_fc" type: "ReLU" bottom: "fc" top: "fc" }
+layer { name: "drop" type: "Dropout" bottom: "fc" top: "fc" dropout_param { dropout_ratio: 0.4 } }
+layer { name: "out" type: "InnerProduct" bottom: "fc" top: "out" inner_product_param { num_output: 3 } }
+layer { name: "prob" type: "Softmax" bottom: "out" top: "prob" }
+""")
+
+
+def record_net(caffe, name, spec):
+    rng = rng_for("net", name)
+    text = f'name: "{name}"\n' + spec["net"].strip() + "\n"
+    net = load_net(caffe, text, "TEST")
+    out = {"net": np.array(text)}
+    for lname, blobs in net.params.items():
+        for i, b in enumerate(blobs):
+            if net.layer_dict[lname].type == "BatchNorm":
+                v = [rng.normal(size=b.data.shape), rng.uniform(0.5, 2, b.data.shape), np.array([2.0])][i]
+            else:
+                v = rng.normal(size=b.data.shape) * 0.5
+            b.data[...] = np.asarray(v, dtype=np.float32).reshape(b.data.shape)
+            out[f"param/{lname}/{i}"] = b.data.copy()
+    for blob, shape in spec["inputs"].items():
+        a = make_bottom(rng, shape, "n")
+        net.blobs[blob].data[...] = a
+        out[f"input/{blob}"] = a
+    net.forward()
+    # The blobs the prototxt names (not those of the Split layers Caffe inserts where a blob has several readers).
+    names = [b for lname, tops in net.top_names.items()
+             if not (net.layer_dict[lname].type == "Split" and lname.endswith("_split")) for b in tops]
+    names = list(dict.fromkeys(names))
+    for blob in names:
+        out[f"blob/{blob}"] = net.blobs[blob].data.copy()
+    out["blobs"] = np.array(names)
+    out["layers"] = np.array(list(net.params))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------- main
 
 def main():
@@ -626,6 +725,14 @@ def main():
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, **arrays)
         print(f"{path.relative_to(HERE.parent.parent)}: {len(names)} cases, {path.stat().st_size / 1024:.0f} KiB")
+    for name, spec in NETS.items():
+        if only and name not in only and "nets" not in only:
+            continue
+        rec = record_net(caffe, name, spec)
+        path = HERE / "nets" / f"{name}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **rec)
+        print(f"{path.relative_to(HERE.parent.parent)}: {len(rec['blobs'])} blobs")
     if args.no_training:
         return
     for name, spec in TRAINING.items():
