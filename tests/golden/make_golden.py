@@ -431,6 +431,13 @@ def record_case(caffe, case):
     for b, v in zip(blobs, values):
         b.data[...] = np.asarray(v, dtype=np.float32).reshape(b.data.shape)
     before = [b.data.copy() for b in blobs]
+    # Diffs are zeroed before the forward, not between forward and backward: HingeLoss's forward writes its
+    # bottom's diff as scratch that its backward reads (hinge_loss_layer.cpp), as in a Net's ForwardBackward.
+    for name in net.params:
+        for b in net.params[name]:
+            b.diff[...] = 0
+    for name in net.blobs:
+        net.blobs[name].diff[...] = 0
     net.forward()
     lp_tops = [t.split('"')[1] for t in case.text.split("top: ")[1:]]
     out = {"type": np.array(case.type), "text": np.array(case.text), "phase": np.array(case.phase),
@@ -445,11 +452,6 @@ def record_case(caffe, case):
         if not np.array_equal(b.data, v):
             out[f"blob_after/{i}"] = b.data.copy()
     if case.backward:
-        for name in net.params:
-            for b in net.params[name]:
-                b.diff[...] = 0
-        for name in net.blobs:
-            net.blobs[name].diff[...] = 0
         for i, t in enumerate(lp_tops):
             top = net.blobs[t]
             if case.type_is_loss and i == 0:
