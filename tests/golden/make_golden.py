@@ -27,8 +27,8 @@ What it records (float32, as Caffe computes; strings as numpy unicode arrays, so
       the final weights (final/<layer>/<i>).
 
 Deterministic: every array comes from numpy generators seeded by the case name; nothing is drawn from Caffe's RNG
-(Dropout in TRAIN, whose forward depends on it, is not recorded; STOCHASTIC pooling has no CPU forward in Caffe). Must not import
-torch or caffecam.
+(Dropout in TRAIN, whose forward depends on it, is not recorded; STOCHASTIC pooling has no CPU forward in Caffe).
+Must not import torch or caffecam.
 """
 
 import argparse
