@@ -155,3 +155,58 @@ def eltwise(xs, op="SUM", coeff=None):
         return np.maximum.reduce(xs)
     coeff = coeff or [1.0] * len(xs)
     return sum(c * x for c, x in zip(coeff, xs))
+
+
+# ---------------------------------------------------------------- normalization (batch_norm, mvn layers)
+
+def batch_norm(x, mean_sum, var_sum, factor, eps=1e-5, global_stats=True, fraction=0.999):
+    """Caffe's BatchNorm: returns (y, new blobs). Stored statistics are blob / factor (factor 0: 0); batch
+    statistics use the biased variance and update the blobs with m/(m−1) for the variance."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    bshape = (1, -1) + (1,) * (x.ndim - 2)
+    blobs = (mean_sum, var_sum, factor)
+    if global_stats:
+        f = 0.0 if factor[0] == 0 else 1.0 / factor[0]
+        mean, var = mean_sum * f, var_sum * f
+    else:
+        mean = x.mean(axis=axes)
+        var = ((x - mean.reshape(bshape)) ** 2).mean(axis=axes)
+        m = x.size // x.shape[1]
+        blobs = (mean + fraction * mean_sum, var * (m / (m - 1) if m > 1 else 1.0) + fraction * var_sum,
+                 factor * fraction + 1)
+    return (x - mean.reshape(bshape)) / np.sqrt(var.reshape(bshape) + eps), blobs
+
+
+def mvn(x, normalize_variance=True, across_channels=False, eps=1e-9):
+    """Caffe's MVN on a ≤4-D blob (top padded to 4-D): per (n, c), or per n across channels."""
+    x = x.reshape(x.shape + (1,) * (4 - x.ndim))
+    axes = (1, 2, 3) if across_channels else (2, 3)
+    c = x - x.mean(axis=axes, keepdims=True)
+    if not normalize_variance:
+        return c
+    return c / (np.sqrt((c ** 2).mean(axis=axes, keepdims=True)) + eps)
+
+
+def mvn_caffe_grad(x, dy, across_channels=False, eps=1e-9):
+    """Caffe's MVN backward (normalize_variance): (dy − mean(dy) − y · mean(dy · y)) / (σ + eps)."""
+    x = x.reshape(x.shape + (1,) * (4 - x.ndim))
+    axes = (1, 2, 3) if across_channels else (2, 3)
+    y = mvn(x, True, across_channels, eps)
+    sigma = np.sqrt(((x - x.mean(axis=axes, keepdims=True)) ** 2).mean(axis=axes, keepdims=True))
+    return (dy - dy.mean(axis=axes, keepdims=True) - y * (dy * y).mean(axis=axes, keepdims=True)) / (sigma + eps)
+
+
+def scale_bias(x, scale=None, bias=None, axis=1):
+    """Caffe's Scale/Bias: the (scale, bias) blob laid over x's axes axis … axis+ndim−1, by explicit loops over the
+    outer × scale × inner layout."""
+    p = scale if scale is not None else bias
+    axis = 0 if p.ndim == 0 else axis % x.ndim
+    outer, dim = int(np.prod(x.shape[:axis])), p.size
+    flat = x.reshape(outer, dim, -1).copy()
+    for n in range(outer):
+        for d in range(dim):
+            if scale is not None:
+                flat[n, d] *= scale.reshape(-1)[d]
+            if bias is not None:
+                flat[n, d] += bias.reshape(-1)[d]
+    return flat.reshape(x.shape)

@@ -53,6 +53,7 @@ class Net(nn.Module):
         self.layer_params, self.input_blobs, self.blob_shapes = [], [], OrderedDict()
         self.layers = nn.ModuleList()
         self.loss_weights, self.layer_by_name = OrderedDict(), OrderedDict()
+        owners = {}  # ParamSpec name -> (layer name, blob) of the first layer that named it
         producer = {}  # blob -> type of the layer that wrote it last, None once another layer has read it
         available = set()  # Caffe's net outputs: each layer removes its bottoms, then adds its tops
         for name, shape in netparam.legacy_inputs(net_param):
@@ -92,6 +93,7 @@ class Net(nn.Module):
                                     "tops; give one per top blob, or none")
             if len(lp.param) > len(layer.blobs):
                 raise CaffeCamError(f"layer '{lp.name}': {len(lp.param)} param specs for {len(layer.blobs)} blobs")
+            _share_named_params(lp, layer, owners)
             available.update(lp.top)
             for i, (top, shape) in enumerate(zip(lp.top, layer.top_shapes)):
                 self.blob_shapes[top] = shape
@@ -112,6 +114,7 @@ class Net(nn.Module):
                                 f"net in phase {caffe_pb2.Phase.Name(phase)} (inputs: {', '.join(self.input_blobs)})")
         # Caffe's net outputs: blobs no later layer consumes (an in-place layer's top counts), sorted by name.
         self.output_blobs = sorted(available - set(self.input_blobs))
+        self.param_specs()  # a shared parameter given two different lr_mult/decay_mult values is an error now
 
     def _input_shapes(self, lp, given):
         if lp.type == "Input":
@@ -141,13 +144,36 @@ class Net(nn.Module):
         return OrderedDict((name, list(layer.blobs)) for name, layer in self.layer_by_name.items() if len(layer.blobs))
 
     def param_specs(self):
-        """[(layer name, blob index, parameter, lr_mult, decay_mult)] in net order."""
-        out = []
+        """[(layer name, blob index, parameter, lr_mult, decay_mult)] in net order, each parameter once.
+
+        As Caffe's Net::AppendParam: a parameter shared by ParamSpec name is listed at its first layer; its
+        lr_mult/decay_mult is the first one given explicitly (owner first), else 1; two different explicit values
+        are an error. Layers with `fixed_blobs` (BatchNorm) get lr_mult 0 where no ParamSpec is given.
+        """
+        out, seen, explicit = [], {}, []  # explicit[k]: {field: layer name} given for out[k]
         for lp, layer in zip(self.layer_params, self.layers):
             for i, blob in enumerate(layer.blobs):
-                spec = lp.param[i] if i < len(lp.param) else caffe_pb2.ParamSpec()
-                out.append((lp.name, i, blob, spec.lr_mult, spec.decay_mult))
-        return out
+                if i < len(lp.param):
+                    spec = lp.param[i]
+                else:  # Caffe's BatchNorm adds ParamSpecs with lr_mult 0 for its statistics
+                    spec = caffe_pb2.ParamSpec(lr_mult=0) if layer.fixed_blobs else caffe_pb2.ParamSpec()
+                given = {f: getattr(spec, f) for f in ("lr_mult", "decay_mult") if spec.HasField(f)}
+                if id(blob) not in seen:
+                    seen[id(blob)] = len(out)
+                    out.append([lp.name, i, blob, spec.lr_mult, spec.decay_mult])
+                    explicit.append({f: lp.name for f in given})
+                    continue
+                k = seen[id(blob)]
+                for col, field in ((3, "lr_mult"), (4, "decay_mult")):
+                    if field not in given:
+                        continue
+                    value = given[field]
+                    if field in explicit[k] and out[k][col] != value:
+                        raise CaffeCamError(f"layer '{lp.name}': shared param '{spec.name}' has {field} {value:g}, "
+                                            f"but {out[k][col]:g} in layer '{explicit[k][field]}'")
+                    out[k][col] = value
+                    explicit[k].setdefault(field, lp.name)
+        return [tuple(entry) for entry in out]
 
     def forward(self, inputs, end=None):
         """Run the net. `inputs`: {input blob: tensor} (a bare tensor when the net has one input).
@@ -202,6 +228,27 @@ class Net(nn.Module):
             if blob in lp.top:
                 found = lp
         return found
+
+
+def _share_named_params(lp, layer, owners):
+    """Caffe's parameter sharing: a blob whose ParamSpec has a name already given by an earlier layer is that
+    layer's blob (one tensor: gradients add up, updates apply once). STRICT sharing needs equal shapes;
+    PERMISSIVE only equal counts in Caffe, which here works only when the shapes are equal too."""
+    for i, spec in enumerate(lp.param):
+        if not spec.name:
+            continue
+        if spec.name not in owners:
+            owners[spec.name] = (lp.name, layer.blobs[i])
+            continue
+        owner_name, blob = owners[spec.name]
+        mine = tuple(layer.blobs[i].shape)
+        if tuple(blob.shape) != mine:
+            if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE and blob.numel() == layer.blobs[i].numel():
+                raise CaffeCamError(f"layer '{lp.name}': param '{spec.name}' is {mine} here, {tuple(blob.shape)} in "
+                                    f"layer '{owner_name}': PERMISSIVE sharing across shapes is not supported")
+            raise CaffeCamError(f"layer '{lp.name}': cannot share param '{spec.name}' of layer '{owner_name}': "
+                                f"shape {mine} here, {tuple(blob.shape)} there")
+        layer.blobs[i] = blob
 
 
 def load_net(path, phase=TEST, **kwargs):

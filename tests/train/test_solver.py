@@ -16,6 +16,8 @@ from caffecam.train.log import CaffeLogger
 from caffecam.train.solver import Solver
 from tests.solver_helpers import (
     IMAGE_NET,
+    LINEAR_NET,
+    array_feeds,
     dataset,
     linear_solver,
     reference,
@@ -337,3 +339,31 @@ def test_an_unwritable_snapshot_folder_fails_at_the_start(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(CaffeCamError, match=r"^solver.prototxt: cannot write snapshots to '.*file/sub' "):
         linear_solver(SGD_TEXT + f" snapshot: 100 snapshot_prefix: \"{tmp_path}/file/sub/lin\"")
+
+
+def test_batch_norm_statistics_follow_the_running_average_and_never_the_update():
+    """BatchNorm's blobs have lr_mult 0 (Caffe forces it): SGD with weight decay leaves them alone; each TRAIN
+    forward updates them from its batch; the test net shares them."""
+    bn = ('layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data" '
+          'batch_norm_param { moving_average_fraction: 0.8 } }')
+    net = LINEAR_NET.replace('layer { name: "ip"', bn + '\nlayer { name: "ip"')
+    sp = parse_text(SGD_TEXT + " test_iter: 1 test_interval: 100", caffe_pb2.SolverParameter)
+    sp.net_param.CopyFrom(parse_text(net.replace("LRW", "1").replace("LRB", "2"), caffe_pb2.NetParameter))
+    x, y = dataset()
+    s = Solver(sp, "solver.prototxt", "cpu", CaffeLogger(None, stream=io.StringIO()),
+               feeds=array_feeds((x, y), dataset(8, seed=1)))
+    assert [lr for name, _, _, lr, _ in s.net.param_specs() if name == "bn"] == [0, 0, 0]
+    s.solve()
+    mean, var, factor = np.zeros(5), np.zeros(5), np.zeros(1)
+    for it in range(6):
+        batch = x[(np.arange(4) + it * 4) % len(x)].astype(np.float64)
+        mean, var, factor = ref_bn_update(batch, mean, var, factor, 0.8)
+    bn = s.net.layer_by_name["bn"].blobs
+    for blob, want in zip(bn, (mean, var, factor)):
+        np.testing.assert_allclose(blob.detach().numpy(), want, rtol=1e-5, atol=1e-7)
+    assert all(a is b for a, b in zip(s.test_nets[0].layer_by_name["bn"].blobs, bn))
+
+
+def ref_bn_update(batch, mean, var, factor, fraction):
+    m = len(batch)
+    return (batch.mean(0) + fraction * mean, batch.var(0) * m / (m - 1) + fraction * var, factor * fraction + 1)

@@ -6,7 +6,15 @@ A family module registers its classes with @register (base.py); importing it her
 May import: caffecam.engine.kernels, caffecam.engine.fillers, caffecam.proto, caffecam.errors.
 """
 
-from caffecam.engine.layers import common, input, loss, neuron, normalization, vision  # noqa: F401 (registers)
+from caffecam.engine.layers import (  # noqa: F401 (importing a family registers its types)
+    common,
+    input,
+    loss,
+    neuron,
+    normalization,
+    routing,
+    vision,
+)
 from caffecam.engine.layers.base import LAYER_TYPES
 from caffecam.errors import CaffeCamError
 

@@ -22,6 +22,8 @@ def register(*type_names):
 
 
 class Layer(nn.Module):
+    fixed_blobs = False  # True: Caffe never learns this layer's blobs (BatchNorm forces their lr_mult to 0)
+
     def __init__(self, lp, bottom_shapes, phase, generator=None):
         super().__init__()
         self.name, self.type, self.phase = lp.name, lp.type, phase

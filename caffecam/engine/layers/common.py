@@ -1,4 +1,4 @@
-"""Common layers: InnerProduct, Concat, Eltwise, Softmax, Flatten, Split."""
+"""Common layers, the ones that compute: InnerProduct, Eltwise, Softmax, Bias, Scale."""
 
 import math
 
@@ -7,27 +7,6 @@ import torch.nn.functional as F
 
 from caffecam.engine.layers.base import Layer, canonical_axis, register
 from caffecam.proto import caffe_pb2
-
-
-@register()
-class Concat(Layer):
-    def setup(self, lp, shapes, gen):
-        if not shapes:
-            self.fail("needs at least one bottom")
-        p = lp.concat_param
-        if p.HasField("concat_dim") and p.HasField("axis"):
-            self.fail("give either axis or concat_dim, not both")
-        axis = p.concat_dim if p.HasField("concat_dim") else p.axis
-        self.axis = canonical_axis(axis, len(shapes[0]), self)
-        for s in shapes[1:]:
-            if len(s) != len(shapes[0]) or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != self.axis):
-                self.fail(f"bottom shapes {shapes} differ outside the concat axis {self.axis}")
-        out = list(shapes[0])
-        out[self.axis] = sum(s[self.axis] for s in shapes)
-        return [tuple(out)]
-
-    def forward(self, *xs):
-        return [torch.cat(xs, self.axis)]
 
 
 @register()
@@ -64,22 +43,6 @@ class Softmax(Layer):
 
 
 @register()
-class Flatten(Layer):
-    def setup(self, lp, shapes, gen):
-        self.need_bottoms(shapes, 1)
-        nd = len(shapes[0])
-        self.start = canonical_axis(lp.flatten_param.axis, nd, self)
-        self.end = canonical_axis(lp.flatten_param.end_axis, nd, self)
-        if self.end < self.start:
-            self.fail(f"end_axis {self.end} comes before axis {self.start}")
-        s = shapes[0]
-        return [tuple(s[: self.start]) + (math.prod(s[self.start: self.end + 1]),) + tuple(s[self.end + 1:])]
-
-    def forward(self, x):
-        return [x.flatten(self.start, self.end)]
-
-
-@register()
 class Eltwise(Layer):
     def setup(self, lp, shapes, gen):
         p = lp.eltwise_param
@@ -106,12 +69,110 @@ class Eltwise(Layer):
         return [sum(c * x for c, x in zip(self.coeff, xs))]
 
 
-@register()
-class Split(Layer):
-    def setup(self, lp, shapes, gen):
-        self.need_bottoms(shapes, 1)
-        self.n = len(lp.top)
-        return [shapes[0]] * self.n
+def _param_shape(layer, shape, axis, num_axes):
+    """The learned blob's shape: bottom[0]'s axes axis … axis+num_axes−1 (num_axes −1: to the end)."""
+    axis = canonical_axis(axis, len(shape), layer)
+    if num_axes < -1:
+        layer.fail(f"num_axes must be -1 or more, got {num_axes}")
+    if num_axes >= 0 and axis + num_axes > len(shape):
+        layer.fail(f"axis {axis} + num_axes {num_axes} extend past the bottom's {len(shape)} axes")
+    return tuple(shape[axis:]) if num_axes == -1 else tuple(shape[axis: axis + num_axes])
 
-    def forward(self, x):
-        return [x] * self.n
+
+def _broadcast_view(layer, shape, axis, pshape):
+    """The view that lines a scale/bias of shape `pshape` up with bottom[0]'s axes from `axis` (Caffe's
+    outer × scale × inner layout); a scalar (0 axes) ignores axis."""
+    if not pshape:
+        return (1,) * len(shape)
+    axis = canonical_axis(axis, len(shape), layer)
+    if tuple(shape[axis: axis + len(pshape)]) != tuple(pshape):
+        layer.fail(f"shape {tuple(pshape)} does not match bottom {tuple(shape)} from axis {axis}")
+    return (1,) * axis + tuple(pshape) + (1,) * (len(shape) - axis - len(pshape))
+
+
+class _OverwriteGrad(torch.autograd.Function):
+    """Identity whose backward first clears the parameter's accumulated .grad: the parameter then gets this
+    backward's gradient alone, as where Caffe's backward writes a parameter diff instead of adding to it."""
+
+    @staticmethod
+    def forward(ctx, param):
+        ctx.param = param
+        return param.view_as(param)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.param.grad is not None:
+            ctx.param.grad.zero_()
+        return grad
+
+
+@register()
+class Bias(Layer):
+    """top = bottom[0] + bias, the bias (a learned blob of bottom[0]'s axes axis … axis+num_axes−1, filler
+    default 0, or bottom[1]) broadcast over the other axes (Caffe's bias_layer.cpp)."""
+
+    def setup(self, lp, shapes, gen):
+        p = lp.bias_param
+        if len(shapes) not in (1, 2):
+            self.fail(f"expects 1 or 2 bottom blobs, got {len(shapes)}")
+        if len(shapes) == 1:
+            bshape = _param_shape(self, shapes[0], p.axis, p.num_axes)
+            self.add_blob(bshape, p.filler if p.HasField("filler") else None, gen)
+        else:
+            bshape = shapes[1]
+        self.view = _broadcast_view(self, shapes[0], p.axis, bshape)
+        return [shapes[0]]
+
+    def forward(self, x, *bias):
+        return [x + (bias[0] if bias else self.blobs[0]).reshape(self.view)]
+
+
+@register()
+class Scale(Layer):
+    """top = bottom[0] · scale (+ bias), broadcast as in Bias (Caffe's scale_layer.cpp). The scale is a learned
+    blob (filler default 1) or bottom[1]; bias_term adds a learned bias (bias_filler, default 0) of the scale's
+    axes (of bottom[1]'s axis count with two bottoms). Blobs: [scale, bias] or, with two bottoms, [bias].
+
+    Caffe quirk: when the scale has as many values as bottom[0], or the outer count (bottom[0]'s axes before
+    `axis`, the batch) is 1 with more than one scale value and inner values, Caffe's backward writes the scale's
+    diff instead of adding to it: with iter_size > 1 (or a shared scale) only the last backward's gradient is kept.
+    """
+
+    def setup(self, lp, shapes, gen):
+        p = lp.scale_param
+        if len(shapes) not in (1, 2):
+            self.fail(f"expects 1 or 2 bottom blobs, got {len(shapes)}")
+        self.axis = p.axis
+        if len(shapes) == 1:
+            sshape = _param_shape(self, shapes[0], p.axis, p.num_axes)
+            filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=1)
+            self.add_blob(sshape, filler, gen)
+        else:
+            sshape = shapes[1]
+        self.view = _broadcast_view(self, shapes[0], p.axis, sshape)
+        self.bias_term = p.bias_term
+        if p.bias_term:
+            bshape = _param_shape(self, shapes[0], p.axis, len(shapes[1]) if len(shapes) == 2 else p.num_axes)
+            self.add_blob(bshape, p.bias_filler if p.HasField("bias_filler") else None, gen)
+            self.bias_view = _broadcast_view(self, shapes[0], p.axis, bshape)
+        return [shapes[0]]
+
+    def _writes_diff(self, x):
+        scale_dim = math.prod(self.blobs[0].shape)
+        if scale_dim == x.numel():
+            return True
+        axis = 0 if self.blobs[0].dim() == 0 else self.axis % x.dim()
+        outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + self.blobs[0].dim():])
+        return outer == 1 and inner > 1 and scale_dim > 1
+
+    def forward(self, x, *scale):
+        if scale:
+            s = scale[0]
+        else:
+            s = self.blobs[0]
+            if s.requires_grad and torch.is_grad_enabled() and self._writes_diff(x):
+                s = _OverwriteGrad.apply(s)
+        y = x * s.reshape(self.view)
+        if self.bias_term:
+            y = y + self.blobs[-1].reshape(self.bias_view)
+        return [y]

@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
+import torch
 
 from caffecam.engine.layers import make_layer
 from caffecam.engine.prototxt import parse_text
 from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
 from tests import numpy_ref as ref
-from tests.engine.layers.helpers import TEST, build, close, rand, run, set_blobs
+from tests.engine.layers.helpers import TEST, build, close, gradcheck_layer, rand, run, set_blobs
 
 
 @pytest.mark.parametrize("axis_text,axis", [("", 1), ("concat_param { axis: 2 }", 2),
@@ -106,3 +107,89 @@ def test_split():
 def test_unknown_type_names_layer():
     with pytest.raises(CaffeCamError, match="'weird'.*'Frobnicate'"):
         make_layer(parse_text("name: 'weird' type: 'Frobnicate'", caffe_pb2.LayerParameter), [(1,)], TEST)
+
+
+# ---------------------------------------------------------------- Scale and Bias
+
+@pytest.mark.parametrize("shape,axis,num_axes,pshape", [
+    ((2, 3, 4, 5), 1, 1, (3,)), ((2, 3, 4, 5), 1, 2, (3, 4)), ((2, 3, 4, 5), 0, -1, (2, 3, 4, 5)),
+    ((2, 3, 4, 5), -1, 1, (5,)), ((2, 3, 4), 2, 0, ()), ((3, 4), 1, -1, (4,)),
+])
+def test_scale_and_bias_learned_blobs(shape, axis, num_axes, pshape):
+    x = rand(*shape, seed=40)
+    p = f"axis: {axis} num_axes: {num_axes}"
+    scale = build(f"name: 'sc' type: 'Scale' scale_param {{ {p} bias_term: true }}", [shape])
+    bias = build(f"name: 'b' type: 'Bias' bias_param {{ {p} }}", [shape])
+    assert [tuple(b.shape) for b in scale.blobs] == [pshape, pshape] and tuple(bias.blobs[0].shape) == pshape
+    close(run(scale, x)[0], x)  # default fillers: scale 1, bias 0
+    close(run(bias, x)[0], x)
+    s, b = rand(*pshape, seed=41), rand(*pshape, seed=42)
+    set_blobs(scale, s, b)
+    set_blobs(bias, b)
+    close(run(scale, x)[0], ref.scale_bias(x, s, b, axis))
+    close(run(bias, x)[0], ref.scale_bias(x, None, b, axis))
+
+
+def test_scale_and_bias_fillers():
+    layer = build("name: 'sc' type: 'Scale' scale_param { filler { type: 'constant' value: 3 } bias_term: true "
+                  "bias_filler { type: 'constant' value: -2 } }", [(2, 4, 3)])
+    assert layer.blobs[0].tolist() == [3] * 4 and layer.blobs[1].tolist() == [-2] * 4
+    layer = build("name: 'b' type: 'Bias' bias_param { filler { type: 'constant' value: 0.5 } }", [(2, 4, 3)])
+    assert layer.blobs[0].tolist() == [0.5] * 4
+    assert len(build("name: 'sc' type: 'Scale'", [(2, 4)]).blobs) == 1
+
+
+@pytest.mark.parametrize("shape,pshape,axis", [((2, 3, 4), (3,), 1), ((2, 3, 4), (3, 4), 1), ((2, 3, 4), (), 1),
+                                               ((2, 3, 4), (2, 3), 0), ((2, 3, 4), (4,), -1)])
+def test_scale_and_bias_from_a_second_bottom(shape, pshape, axis):
+    x, s = rand(*shape, seed=43), rand(*pshape, seed=44)
+    layer = build(f"name: 'sc' type: 'Scale' scale_param {{ axis: {axis} bias_term: true }}", [shape, pshape])
+    assert [tuple(b.shape) for b in layer.blobs] == [pshape]  # the bias: the scale's axis count (bottom[1]'s)
+    b = rand(*pshape, seed=45)
+    set_blobs(layer, b)
+    close(run(layer, x, s)[0], ref.scale_bias(x, s, b, axis))
+    layer = build(f"name: 'b' type: 'Bias' bias_param {{ axis: {axis} }}", [shape, pshape])
+    assert len(layer.blobs) == 0
+    close(run(layer, x, s)[0], ref.scale_bias(x, None, s, axis))
+
+
+def test_gradcheck_scale_and_bias():
+    layer = build("name: 'sc' type: 'Scale' scale_param { axis: 1 num_axes: 2 bias_term: true }", [(2, 3, 2, 2)])
+    set_blobs(layer, rand(3, 2, seed=46), rand(3, 2, seed=47))
+    gradcheck_layer(layer, torch.from_numpy(rand(2, 3, 2, 2, seed=48)))
+    layer = build("name: 'b' type: 'Bias'", [(2, 3, 2)])
+    set_blobs(layer, rand(3, seed=49))
+    gradcheck_layer(layer, torch.from_numpy(rand(2, 3, 2, seed=50)))
+    for kind in ("Scale", "Bias"):
+        two = build(f"name: 't' type: '{kind}'", [(2, 3, 2), (3,)])
+        x, s = (torch.from_numpy(rand(*sh, seed=51)).requires_grad_(True) for sh in ((2, 3, 2), (3,)))
+        assert torch.autograd.gradcheck(lambda a, b, layer=two: layer(a, b)[0], (x, s))
+
+
+@pytest.mark.parametrize("shape,axis,num_axes,writes", [  # the outcomes real Caffe gave
+    ((1, 3, 2), 1, 1, True), ((2, 3, 2), 1, 1, False), ((1, 3, 1), 1, 1, True), ((2, 3, 1), 1, 1, False),
+    ((1, 1, 4), 1, 1, False), ((3, 2), 0, 2, True), ((1, 3, 2), 1, 2, True), ((2, 3, 2), 0, 0, False),
+])
+def test_scale_diff_written_not_added_where_caffe_does(shape, axis, num_axes, writes):
+    """Caffe's Scale backward writes its scale diff when the outer count is 1 (with scale and inner counts above 1)
+    or the scale has bottom[0]'s count: two backward passes then leave the last gradient, not the sum."""
+    layer = build(f"name: 'sc' type: 'Scale' scale_param {{ axis: {axis} num_axes: {num_axes} }}", [shape])
+    xs = [rand(*shape, seed=52 + i) for i in range(2)]
+    for x in xs:
+        layer(torch.from_numpy(x))[0].sum().backward()
+    pshape = shape[axis: axis + num_axes]
+    grads = [x.reshape(int(np.prod(shape[:axis])), int(np.prod(pshape)), -1).sum(axis=(0, 2)).reshape(pshape)
+             for x in xs]
+    close(layer.blobs[0].grad.numpy(), grads[1] if writes else grads[0] + grads[1])
+
+
+@pytest.mark.parametrize("text,shapes,needle", [
+    ("type: 'Scale' scale_param { axis: 1 num_axes: 3 }", [(2, 3, 4)], "extend past"),
+    ("type: 'Scale'", [(2, 3, 4), (4,)], r"\(4,\) does not match"),
+    ("type: 'Bias' bias_param { num_axes: -2 }", [(2, 3)], "num_axes"),
+    ("type: 'Bias' bias_param { axis: 3 }", [(2, 3)], "axis 3"),
+    ("type: 'Scale'", [(2, 3), (3,), (3,)], "1 or 2 bottom"),
+])
+def test_scale_and_bias_errors(text, shapes, needle):
+    with pytest.raises(CaffeCamError, match=rf"'x'.*{needle}"):
+        build(f"name: 'x' {text}", shapes)
