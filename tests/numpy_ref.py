@@ -210,3 +210,42 @@ def scale_bias(x, scale=None, bias=None, axis=1):
             if bias is not None:
                 flat[n, d] += bias.reshape(-1)[d]
     return flat.reshape(x.shape)
+
+
+# ---------------------------------------------------------------- common (reduction, argmax, eltwise max layers)
+
+def reduction(x, op="SUM", axis=0, coeff=1.0):
+    rows = x.reshape(x.shape[:axis] + (-1,))
+    y = {"SUM": rows.sum(-1), "ASUM": np.abs(rows).sum(-1), "SUMSQ": (rows ** 2).sum(-1),
+         "MEAN": rows.mean(-1)}[op]
+    return y * coeff
+
+
+def argmax(x, top_k=1, out_max_val=False, axis=None):
+    """Caffe's ArgMax by loops: per item (or per position along `axis`), the top_k (value, index) pairs in
+    descending order of value, then of index (equal values: the larger index first)."""
+    if axis is None:
+        rows = x.reshape(x.shape[0], -1)
+        out = np.zeros((x.shape[0], 2 if out_max_val else 1, top_k))
+        for n, row in enumerate(rows):
+            pairs = sorted(((v, j) for j, v in enumerate(row)), reverse=True)[:top_k]
+            out[n, 0] = [j for _, j in pairs]
+            if out_max_val:
+                out[n, 1] = [v for v, _ in pairs]
+        return out.reshape(out.shape + (1,) * max(0, x.ndim - 3))
+    moved = np.moveaxis(x, axis, -1)
+    out = np.zeros(moved.shape[:-1] + (top_k,))
+    for pos in np.ndindex(moved.shape[:-1]):
+        pairs = sorted(((v, j) for j, v in enumerate(moved[pos])), reverse=True)[:top_k]
+        out[pos] = [v if out_max_val else j for v, j in pairs]
+    return np.moveaxis(out, -1, axis)
+
+
+def eltwise_max_index(xs):
+    """Caffe's winner per element: bottom 1 on a tie with bottom 0; later bottoms only when strictly greater."""
+    index = np.where(xs[0] > xs[1], 0, 1)
+    best = np.where(index == 0, xs[0], xs[1])
+    for k, x in enumerate(xs[2:], start=2):
+        index = np.where(x > best, k, index)
+        best = np.maximum(best, x)
+    return index

@@ -16,7 +16,7 @@ TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 # An in-place ReLU (top named as its bottom) overwrites its input, as Caffe does, only after these layers: their
 # backward does not read their output (Caffe saves the memory; here it also saves a pass over the blob). After any
 # other layer, or on a net input the caller owns, it writes a new tensor.
-_OVERWRITABLE = {"Convolution", "InnerProduct", "Concat"}
+_OVERWRITABLE = {"Convolution", "InnerProduct", "Concat", "BatchNorm", "Scale", "Bias"}
 _REDUCED = (torch.bfloat16, torch.float16)
 
 

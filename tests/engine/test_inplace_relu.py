@@ -61,7 +61,7 @@ def run_with_grads(net, x, weights):
     x = x.clone().requires_grad_()
     blobs = net({"data": x})
     sum((blobs[name] * torch.from_numpy(g)).sum() for name, g in weights.items()).backward()
-    grads = [p.grad.clone() for p in net.parameters()]
+    grads = [p.grad.clone() for p in net.parameters() if p.grad is not None]  # BatchNorm blobs get none
     net.zero_grad()
     return blobs, x.grad, grads
 
@@ -158,6 +158,15 @@ def test_relu_on_net_input_leaves_the_callers_tensor(header, requires_grad):
     ('layer { name: "mid" type: "Concat" bottom: "conv" bottom: "data" top: "mid" }\n', True),
     (CONV.replace('name: "conv"', 'name: "mid"').replace('bottom: "data"', 'bottom: "conv"')
      .replace('top: "conv"', 'top: "mid"'), True),
+    ('layer { name: "mid" type: "BatchNorm" bottom: "conv" top: "mid" }\n', True),
+    ('layer { name: "mid" type: "Scale" bottom: "conv" top: "mid" scale_param { bias_term: true '
+     'filler { type: "gaussian" } bias_filler { type: "gaussian" } } }\n', True),
+    ('layer { name: "mid" type: "Scale" bottom: "conv" top: "mid" scale_param { filler { type: "gaussian" } } }\n',
+     True),
+    ('layer { name: "mid" type: "Bias" bottom: "conv" top: "mid" bias_param { filler { type: "gaussian" } } }\n',
+     True),
+    ('layer { name: "mid" type: "Eltwise" bottom: "conv" bottom: "conv" top: "mid" eltwise_param { operation: PROD '
+     'stable_prod_grad: false } }\n', False),
 ])
 def test_which_producers_allow_overwriting(middle, inplace):
     """ReLU in place on the top of `mid`, which reads conv: overwritten only after the _OVERWRITABLE types."""

@@ -1,4 +1,4 @@
-"""Neuron layers whose Caffe backward is not the autograd of their forward: ELU, Power, and Threshold (none).
+"""Neuron layers whose Caffe backward is not the autograd of their forward: ELU and Power.
 
 ELU (elu_layer.cpp): y = max(x, 0) + alpha · (e^min(x,0) − 1), with e^x − 1 as Caffe writes it (not expm1, whose
     float result differs by up to 1e-3 relative near 0), and e^x rounded once from double as glibc's expf is (torch's
@@ -10,13 +10,9 @@ Power (power_layer.cpp): y = (shift + scale · x)^power, a constant when power �
         power = 2:                    diff_scale · scale · x + diff_scale · shift
         shift = 0:                    power · y / x                  (0/0 = NaN at x = 0, as in Caffe)
         otherwise:                    diff_scale · y / (scale · x + shift)
-Threshold (threshold_layer.hpp): y = 1 where x > threshold, else 0. Caffe's Backward is NOT_IMPLEMENTED: a net that
-    needs a gradient through it aborts. Here the backward raises one CaffeCamError line naming the layer.
 """
 
 import torch
-
-from caffecam.errors import CaffeCamError
 
 
 class _ELU(torch.autograd.Function):
@@ -74,19 +70,3 @@ class _Power(torch.autograd.Function):
 
 def power(x, power, scale, shift):
     return _Power.apply(x, power, scale, shift)
-
-
-class _Threshold(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, value, where):
-        ctx.where = where
-        return (x > value).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, dy):
-        raise CaffeCamError(f"{ctx.where}: Caffe has no backward for Threshold: give the layers below it "
-                            "lr_mult 0, so that no gradient has to pass through it")
-
-
-def threshold(x, value, where):
-    return _Threshold.apply(x, value, where)

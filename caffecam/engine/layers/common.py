@@ -1,10 +1,12 @@
-"""Common layers, the ones that compute: InnerProduct, Eltwise, Softmax, Bias, Scale."""
+"""Common layers, the ones that compute: InnerProduct, Eltwise, Softmax, Bias, Scale, Embed, Reduction, ArgMax,
+Parameter."""
 
 import math
 
 import torch
 import torch.nn.functional as F
 
+from caffecam.engine.kernels.eltwise import eltwise_max, eltwise_prod
 from caffecam.engine.layers.base import Layer, canonical_axis, register
 from caffecam.proto import caffe_pb2
 
@@ -55,17 +57,15 @@ class Eltwise(Layer):
         if len(p.coeff) and p.operation != p.SUM:
             self.fail("coeff is only allowed with operation SUM")
         self.op, self.coeff = p.operation, list(p.coeff) or [1.0] * len(shapes)
+        self.stable_prod_grad = p.stable_prod_grad
         return [shapes[0]]
 
     def forward(self, *xs):
         ep = caffe_pb2.EltwiseParameter
         if self.op == ep.PROD:
-            return [math.prod(xs[1:], start=xs[0])]
+            return [eltwise_prod(xs, self.stable_prod_grad)]
         if self.op == ep.MAX:
-            out = xs[0]
-            for x in xs[1:]:
-                out = torch.maximum(out, x)
-            return [out]
+            return [eltwise_max(xs)]
         return [sum(c * x for c, x in zip(self.coeff, xs))]
 
 
@@ -176,3 +176,103 @@ class Scale(Layer):
         if self.bias_term:
             y = y + self.blobs[-1].reshape(self.bias_view)
         return [y]
+
+
+@register()
+class Embed(Layer):
+    """top[..., :] = weight[index] (+ bias): weight is input_dim × num_output (InnerProduct's transpose), the
+    index the bottom's value truncated to an integer (Caffe's static_cast<int>). No gradient to the bottom."""
+
+    def setup(self, lp, shapes, gen):
+        p = lp.embed_param
+        self.need_bottoms(shapes, 1)
+        if p.num_output <= 0 or p.input_dim <= 0:
+            self.fail(f"num_output ({p.num_output}) and input_dim ({p.input_dim}) must be positive")
+        self.input_dim, self.bias_term = p.input_dim, p.bias_term
+        self.add_blob((p.input_dim, p.num_output), p.weight_filler if p.HasField("weight_filler") else None, gen)
+        if p.bias_term:
+            self.add_blob((p.num_output,), p.bias_filler if p.HasField("bias_filler") else None, gen)
+        return [tuple(shapes[0]) + (p.num_output,)]
+
+    def forward(self, x):
+        index = x.detach().long()
+        if index.numel() and (index.min() < 0 or index.max() >= self.input_dim):
+            bad = index[(index < 0) | (index >= self.input_dim)][0].item()
+            self.fail(f"index {bad} outside [0, {self.input_dim}) (input_dim)")
+        y = F.embedding(index, self.blobs[0])
+        return [y + self.blobs[1] if self.bias_term else y]
+
+
+@register()
+class Reduction(Layer):
+    """Reduces all axes from `axis` on: SUM, ASUM (Σ|x|), SUMSQ (Σx²) or MEAN, times coeff (Caffe's
+    reduction_layer.cpp; MEAN's coeff is coeff / count). The top keeps the axes before `axis` (axis 0: a scalar)."""
+
+    def setup(self, lp, shapes, gen):
+        p = lp.reduction_param
+        self.need_bottoms(shapes, 1)
+        self.axis = canonical_axis(p.axis, len(shapes[0]), self)
+        self.op, self.coeff = p.operation, p.coeff
+        return [tuple(shapes[0][: self.axis])]
+
+    def forward(self, x):
+        rows = x.reshape(tuple(x.shape[: self.axis]) + (-1,))
+        rp = caffe_pb2.ReductionParameter
+        coeff = self.coeff
+        if self.op == rp.ASUM:
+            y = rows.abs().sum(-1)
+        elif self.op == rp.SUMSQ:
+            y = (rows * rows).sum(-1)
+        else:
+            y = rows.sum(-1)
+            if self.op == rp.MEAN:
+                coeff = coeff / rows.shape[-1]
+        return [y if coeff == 1 else y * coeff]
+
+
+@register()
+class ArgMax(Layer):
+    """The top_k largest values' indices (or, with out_max_val, values) along `axis`; without axis, over each
+    item's flattened values, giving N×1×top_k (N×2×top_k with out_max_val: indices then values), padded to the
+    bottom's axis count. Ties go to the larger index (Caffe sorts (value, index) pairs descending). No backward."""
+
+    def setup(self, lp, shapes, gen):
+        p = lp.argmax_param
+        self.need_bottoms(shapes, 1)
+        shape = shapes[0]
+        self.top_k, self.out_max_val = p.top_k, p.out_max_val
+        self.axis = canonical_axis(p.axis, len(shape), self) if p.HasField("axis") else None
+        size = shape[self.axis] if self.axis is not None else math.prod(shape[1:])
+        if not 1 <= self.top_k <= size:
+            self.fail(f"top_k {self.top_k} must be between 1 and {size}")
+        if self.axis is not None:
+            return [tuple(shape[: self.axis]) + (self.top_k,) + tuple(shape[self.axis + 1:])]
+        self.out_shape = (shape[0], 2 if self.out_max_val else 1, self.top_k) + (1,) * max(0, len(shape) - 3)
+        return [self.out_shape]
+
+    def forward(self, x):
+        x = x.detach()
+        axis = self.axis if self.axis is not None else 1
+        values = x if self.axis is not None else x.reshape(x.shape[0], -1)
+        n = values.shape[axis]
+        # Stable descending sort of the reversed axis: equal values keep the larger original index first.
+        top, index = values.flip(axis).sort(dim=axis, descending=True, stable=True)
+        top, index = top.narrow(axis, 0, self.top_k), (n - 1 - index).narrow(axis, 0, self.top_k).to(x.dtype)
+        if self.axis is not None:
+            return [top if self.out_max_val else index]
+        out = torch.cat([index, top], 1) if self.out_max_val else index
+        return [out.reshape((x.shape[0],) + self.out_shape[1:])]
+
+
+@register()
+class Parameter(Layer):
+    """No bottom; its top is its one blob (parameter_param.shape, zeros: Caffe gives it no filler), diff included."""
+
+    def setup(self, lp, shapes, gen):
+        self.need_bottoms(shapes, 0)
+        shape = tuple(lp.parameter_param.shape.dim)
+        self.add_blob(shape, None, gen)
+        return [shape]
+
+    def forward(self):
+        return [self.blobs[0]]

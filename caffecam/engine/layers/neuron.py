@@ -11,8 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from caffecam.engine.kernels.neuron_grads import elu, power, threshold
+from caffecam.engine.kernels.neuron_grads import elu, power
 from caffecam.engine.layers.base import Layer, register
+from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -130,13 +131,28 @@ class TanH(Neuron):
         return [torch.tanh(x)]  # dx = dy · (1 − y²)
 
 
+class _NoBackward(torch.autograd.Function):
+    """threshold_layer.hpp: y = 1 where x > threshold, else 0. Caffe's Backward_cpu is NOT_IMPLEMENTED, so a net that
+    needs a gradient through it aborts; here the backward raises one CaffeCamError line naming the layer."""
+
+    @staticmethod
+    def forward(ctx, x, value, where):
+        ctx.where = where
+        return (x > value).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        raise CaffeCamError(f"{ctx.where}: Caffe has no backward for Threshold: give the layers below it lr_mult 0, "
+                            "so that no gradient has to pass through it")
+
+
 @register()
 class Threshold(Neuron):
     def configure(self, lp, shape, gen):
         self.threshold = lp.threshold_param.threshold
 
     def forward(self, x):
-        return [threshold(x, self.threshold, f"layer '{self.name}' (Threshold)")]
+        return [_NoBackward.apply(x, self.threshold, f"layer '{self.name}' (Threshold)")]
 
 
 @register()

@@ -1,4 +1,5 @@
-"""InnerProduct, Concat, Eltwise, Softmax, Flatten, Split and the registry against NumPy."""
+"""InnerProduct, Eltwise, Softmax, Scale, Bias, Embed, Reduction, ArgMax, Parameter and the registry against NumPy
+references written from Caffe's formulas."""
 
 import numpy as np
 import pytest
@@ -10,27 +11,6 @@ from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
 from tests import numpy_ref as ref
 from tests.engine.layers.helpers import TEST, build, close, gradcheck_layer, rand, run, set_blobs
-
-
-@pytest.mark.parametrize("axis_text,axis", [("", 1), ("concat_param { axis: 2 }", 2),
-                                            ("concat_param { axis: -1 }", 3), ("concat_param { concat_dim: 0 }", 0)])
-def test_concat(axis_text, axis):
-    shapes = []
-    for i in range(3):
-        s = [2, 3, 4, 5]
-        s[axis] = i + 1
-        shapes.append(tuple(s))
-    xs = [rand(*s, seed=20 + i) for i, s in enumerate(shapes)]
-    layer = build(f"name: 'cat' type: 'Concat' {axis_text}", shapes)
-    (y,) = run(layer, *xs)
-    expect = np.concatenate(xs, axis=axis)
-    assert layer.top_shapes == [expect.shape]
-    close(y, expect)
-
-
-def test_concat_mismatch_names_layer():
-    with pytest.raises(CaffeCamError, match="'cat'"):
-        build("name: 'cat' type: 'Concat'", [(1, 2, 4, 4), (1, 2, 5, 4)])
 
 
 @pytest.mark.parametrize("text,shape", [
@@ -63,18 +43,6 @@ def test_softmax():
     close(y, ref.softmax(x, 3))
 
 
-def test_flatten():
-    x = rand(2, 3, 4, 5, seed=18)
-    layer = build("name: 'f' type: 'Flatten'", [x.shape])
-    (y,) = run(layer, x)
-    assert layer.top_shapes == [(2, 60)]
-    close(y, x.reshape(2, 60))
-    layer = build("name: 'f' type: 'Flatten' flatten_param { axis: 1 end_axis: 2 }", [x.shape])
-    (y,) = run(layer, x)
-    assert layer.top_shapes == [(2, 12, 5)]
-    close(y, x.reshape(2, 12, 5))
-
-
 @pytest.mark.parametrize("text,op,coeff", [
     ("", "SUM", None),
     ("eltwise_param { operation: SUM coeff: 0.5 coeff: -2 coeff: 3 }", "SUM", [0.5, -2, 3]),
@@ -93,15 +61,6 @@ def test_eltwise_errors():
         build("name: 'e' type: 'Eltwise' eltwise_param { operation: PROD coeff: 1 coeff: 2 }", [(2,), (2,)])
     with pytest.raises(CaffeCamError, match="'e'"):
         build("name: 'e' type: 'Eltwise'", [(2, 3), (3, 2)])
-
-
-def test_split():
-    x = rand(2, 3, seed=19)
-    layer = build("name: 's' type: 'Split' bottom: 'x' top: 'a' top: 'b' top: 'c'", [x.shape])
-    ys = run(layer, x)
-    assert layer.top_shapes == [(2, 3)] * 3 and len(ys) == 3
-    for y in ys:
-        close(y, x)
 
 
 def test_unknown_type_names_layer():
@@ -193,3 +152,131 @@ def test_scale_diff_written_not_added_where_caffe_does(shape, axis, num_axes, wr
 def test_scale_and_bias_errors(text, shapes, needle):
     with pytest.raises(CaffeCamError, match=rf"'x'.*{needle}"):
         build(f"name: 'x' {text}", shapes)
+
+
+# ---------------------------------------------------------------- Eltwise backward
+
+def eltwise_grads(text, xs, dy):
+    layer = build(f"name: 'e' type: 'Eltwise' {text}", [x.shape for x in xs])
+    ts = [torch.from_numpy(x).requires_grad_(True) for x in xs]
+    layer(*ts)[0].backward(torch.from_numpy(dy))
+    return [t.grad.numpy() for t in ts]
+
+
+def test_eltwise_max_routes_the_diff_to_caffes_winner_ties_included():
+    rng = np.random.default_rng(80)
+    xs = [rng.integers(-1, 2, size=(3, 4)).astype(float) for _ in range(3)]  # many ties
+    dy = rand(3, 4, seed=81)
+    grads = eltwise_grads("eltwise_param { operation: MAX }", xs, dy)
+    index = ref.eltwise_max_index(xs)
+    assert (index == 1).any() and (xs[0] == xs[1]).any()
+    for k, g in enumerate(grads):
+        close(g, np.where(index == k, dy, 0.0))
+    # A full tie: bottom 1 takes it (a > b picks bottom 0 only when strictly greater).
+    same = np.ones((2, 2))
+    grads = eltwise_grads("eltwise_param { operation: MAX }", [same, same, same], np.ones((2, 2)))
+    assert [g.sum() for g in grads] == [0, 4, 0]
+
+
+@pytest.mark.parametrize("stable", [True, False])
+def test_eltwise_prod_gradients(stable):
+    xs = [rand(2, 3, seed=82 + i) for i in range(3)]
+    xs[1][0, 0] = 0.0
+    dy = rand(2, 3, seed=85)
+    grads = eltwise_grads(f"eltwise_param {{ operation: PROD stable_prod_grad: {str(stable).lower()} }}", xs, dy)
+    top = xs[0] * xs[1] * xs[2]
+    for i, g in enumerate(grads):
+        others = np.prod([x for j, x in enumerate(xs) if j != i], axis=0)
+        if stable:
+            close(g, others * dy)
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                expect = top / xs[i] * dy  # Caffe: top / bottom; 0 / 0 is NaN where the bottom is 0
+            np.testing.assert_allclose(g, expect, rtol=1e-5, equal_nan=True)
+    assert stable or np.isnan(grads[1][0, 0])
+
+
+def test_eltwise_sum_coeff_gradients():
+    xs = [rand(2, 3, seed=86 + i) for i in range(2)]
+    dy = rand(2, 3, seed=88)
+    grads = eltwise_grads("eltwise_param { coeff: 0.5 coeff: -3 }", xs, dy)
+    close(grads[0], 0.5 * dy)
+    close(grads[1], -3 * dy)
+
+
+# ---------------------------------------------------------------- Embed
+
+def test_embed_forward_backward():
+    index = np.array([[0, 3.9], [2, 3]])  # 3.9 is truncated to 3, as Caffe's static_cast<int>
+    layer = build("name: 'em' type: 'Embed' embed_param { num_output: 3 input_dim: 4 bias_term: true "
+                  "weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' } }", [index.shape])
+    assert [tuple(b.shape) for b in layer.blobs] == [(4, 3), (3,)]
+    w, b = (p.detach().numpy() for p in layer.blobs)
+    (y,) = run(layer, index)
+    rows = np.array([[0, 3], [2, 3]])
+    assert layer.top_shapes == [(2, 2, 3)]
+    close(y, w[rows] + b)
+    dy = rand(2, 2, 3, seed=89)
+    layer(torch.from_numpy(index))[0].backward(torch.from_numpy(dy))
+    expect = np.zeros((4, 3))
+    for pos in np.ndindex(2, 2):
+        expect[rows[pos]] += dy[pos]
+    close(layer.blobs[0].grad.numpy(), expect)
+    close(layer.blobs[1].grad.numpy(), dy.sum((0, 1)))
+
+
+def test_embed_errors():
+    with pytest.raises(CaffeCamError, match="'em'.*input_dim"):
+        build("name: 'em' type: 'Embed' embed_param { num_output: 3 }", [(2,)])
+    layer = build("name: 'em' type: 'Embed' embed_param { num_output: 3 input_dim: 4 }", [(2,)])
+    with pytest.raises(CaffeCamError, match=r"'em'.*index 4 outside \[0, 4\)"):
+        run(layer, np.array([1, 4]))
+
+
+# ---------------------------------------------------------------- Reduction
+
+@pytest.mark.parametrize("op", ["SUM", "ASUM", "SUMSQ", "MEAN"])
+@pytest.mark.parametrize("axis,coeff", [(0, 1.0), (1, 2.5), (-1, -0.5), (2, 1.0)])
+def test_reduction(op, axis, coeff):
+    x = rand(2, 3, 4, seed=90)
+    layer = build(f"name: 'r' type: 'Reduction' reduction_param {{ operation: {op} axis: {axis} coeff: {coeff} }}",
+                  [x.shape])
+    (y,) = run(layer, x)
+    a = axis % 3
+    assert layer.top_shapes == [x.shape[:a]]
+    close(y, ref.reduction(x, op, a, coeff))
+    gradcheck_layer(layer, torch.from_numpy(rand(2, 3, 4, seed=91)), with_params=False)
+
+
+# ---------------------------------------------------------------- ArgMax
+
+@pytest.mark.parametrize("text,kw", [
+    ("", {}), ("argmax_param { top_k: 3 }", {"top_k": 3}),
+    ("argmax_param { top_k: 2 out_max_val: true }", {"top_k": 2, "out_max_val": True}),
+    ("argmax_param { axis: 1 top_k: 2 }", {"axis": 1, "top_k": 2}),
+    ("argmax_param { axis: -1 out_max_val: true }", {"axis": -1, "out_max_val": True}),
+    ("argmax_param { axis: 0 top_k: 2 }", {"axis": 0, "top_k": 2}),
+])
+@pytest.mark.parametrize("shape", [(3, 4, 5), (2, 6), (2, 3, 2, 2)])
+def test_argmax_with_ties(text, kw, shape):
+    x = np.random.default_rng(92).integers(-2, 3, size=shape).astype(float)  # ties everywhere
+    layer = build(f"name: 'a' type: 'ArgMax' {text}", [shape])
+    (y,) = run(layer, x)
+    expect = ref.argmax(x, **kw)
+    assert layer.top_shapes == [expect.shape]
+    close(y, expect)
+
+
+def test_argmax_errors():
+    with pytest.raises(CaffeCamError, match="'a'.*top_k 5 must be between 1 and 4"):
+        build("name: 'a' type: 'ArgMax' argmax_param { axis: 1 top_k: 5 }", [(2, 4)])
+
+
+# ---------------------------------------------------------------- Parameter
+
+def test_parameter_layer_is_its_blob():
+    layer = build("name: 'p' type: 'Parameter' parameter_param { shape { dim: 2 dim: 3 } }", [])
+    assert layer.top_shapes == [(2, 3)] and not layer.blobs[0].detach().any()  # Caffe: zeros, no filler
+    (y,) = layer()
+    y.backward(torch.ones(2, 3))
+    assert y is layer.blobs[0] and layer.blobs[0].grad.sum() == 6
