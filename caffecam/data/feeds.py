@@ -1,4 +1,5 @@
-"""Caffe's data layers as prefetching batch feeds: ImageData (list file of images) and Data (LMDB of Datum records).
+"""Caffe's data layers as prefetching batch feeds: ImageData (list file of images) and Data (LMDB or LevelDB of
+Datum records); make_feeds also opens the HDF5Data (data/hdf5.py) and WindowData (data/windows.py) feeds.
 
 The stream is a pure function of (seed, phase, batch number): the k-th sample of global batch g is stream position
 q = g·batch_size + k (+ rand_skip's offset); position q is item perm_e[q mod n] of epoch e = q div n, where perm_e is
@@ -16,15 +17,17 @@ import cv2
 import numpy as np
 import torch
 
+from caffecam.data.hdf5 import Hdf5Feed
 from caffecam.data.images import DEFAULT_MAX_PIXELS
-from caffecam.data.sources import ImageListSource, LmdbSource
+from caffecam.data.sources import ImageListSource, LevelDbSource, LmdbSource
 from caffecam.data.transform import TRAIN, check_transform_param, load_mean, output_size, transform
+from caffecam.data.windows import WindowFeed
 from caffecam.engine.netparam import current_layers, layer_included
 from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
 
 DATA_TYPES = ("Data", "ImageData")
-UNSUPPORTED_DATA = ("HDF5Data", "WindowData", "MemoryData", "DummyData", "Python")
+OTHER_FEEDS = {"HDF5Data": Hdf5Feed, "WindowData": WindowFeed}  # fed in the main process
 _SAMPLE, _EPOCH, _SKIP = 0, 1, 2  # domains of the seeded generators
 
 
@@ -134,13 +137,13 @@ class BatchFeed:
             source, shuffle, is_color = ImageListSource(p, where, max_pixels), p.shuffle, p.is_color
         elif lp.type == "Data":
             p = lp.data_param
-            if p.backend != caffe_pb2.DataParameter.LMDB:
-                raise CaffeCamError(f"{where}: data_param.backend is LEVELDB (the default when unset); only LMDB is "
-                                    "supported: convert the data to LMDB and set `backend: LMDB`")
-            source, shuffle = LmdbSource(p.source, where, max_pixels), False
-            is_color = not lp.transform_param.force_gray
+            if p.backend == caffe_pb2.DataParameter.LMDB:
+                source = LmdbSource(p.source, where, max_pixels)
+            else:  # LEVELDB, Caffe's default when backend is unset
+                source, workers = LevelDbSource(p.source, where, max_pixels), 0
+            shuffle, is_color = False, not lp.transform_param.force_gray
         else:
-            raise CaffeCamError(f"{where}: not a data layer this toolkit loads (Data with LMDB, ImageData)")
+            raise CaffeCamError(f"{where}: not a data layer BatchFeed loads (Data, ImageData)")
         if len(lp.top) not in (1, 2):
             raise CaffeCamError(f"{where}: has {len(lp.top)} tops; a data layer has 'data' and optionally 'label'")
         if p.batch_size <= 0:
@@ -230,8 +233,9 @@ class BatchFeed:
 
 
 def make_feeds(net_param_or_net, phase, level=0, stages=(), **kw):
-    """A BatchFeed for each Data/ImageData layer included in `phase` (and level/stages) of a NetParameter, or of a
-    built Net (its own filtering then applies). kw go to BatchFeed; a second data layer gets seed + 1, and so on.
+    """A feed for each Data/ImageData (BatchFeed), HDF5Data and WindowData layer included in `phase` (and
+    level/stages) of a NetParameter, or of a built Net (its own filtering then applies). kw go to the feeds; a second
+    data layer gets seed + 1, and so on. DummyData and MemoryData make their tops inside the net.
     """
     if isinstance(net_param_or_net, caffe_pb2.NetParameter):
         state = caffe_pb2.NetState(phase=phase, level=level, stage=list(stages))
@@ -240,13 +244,11 @@ def make_feeds(net_param_or_net, phase, level=0, stages=(), **kw):
         lps = list(net_param_or_net.layer_params)
     feeds = []
     for lp in lps:
-        if lp.type in UNSUPPORTED_DATA:
-            raise CaffeCamError(f"layer '{lp.name}': type {lp.type} is not supported; use ImageData or Data (LMDB)")
-        if lp.type in DATA_TYPES:
+        if lp.type in DATA_TYPES or lp.type in OTHER_FEEDS:
             args = dict(kw)
             if args.get("seed") is not None and args["seed"] >= 0:
                 args["seed"] += len(feeds)
-            feeds.append(BatchFeed(lp, phase, **args))
+            feeds.append(OTHER_FEEDS.get(lp.type, BatchFeed)(lp, phase, **args))
     return feeds
 
 

@@ -1,4 +1,4 @@
-"""Where the samples of a data layer come from: an ImageData list file, or an LMDB of Datum records."""
+"""Where the samples of a data layer come from: an ImageData list file, or an LMDB or LevelDB of Datum records."""
 
 import os
 from pathlib import Path
@@ -135,3 +135,47 @@ class LmdbSource:
             for i, (_, value) in enumerate(txn.cursor()):
                 out.append((parse_datum(value, self.where(i)).label, self.where(i)))
         return out
+
+
+_LEVELDBS = {}  # real path -> open database: LevelDB locks a database to one handle per process
+
+
+class LevelDbSource(LmdbSource):
+    """Datum records of a LevelDB (data_param.backend LEVELDB, Caffe's default) in key order, through plyvel.
+
+    LevelDB lets one process at a time open a database, so a feed reads it in the main process (no workers).
+    """
+
+    def __init__(self, path, where="Data", max_pixels=DEFAULT_MAX_PIXELS):
+        self.path, self.max_pixels = str(path), max_pixels
+        if not (Path(path) / "CURRENT").is_file():
+            raise CaffeCamError(f"{where}: LevelDB '{path}' not found (no CURRENT file; relative paths start at "
+                                f"{os.getcwd()}); fix data_param.source, or set `backend: LMDB` for an LMDB")
+        self._env = None
+        self.keys = list(self._open().iterator(include_value=False))
+        if not self.keys:
+            raise CaffeCamError(f"{where}: LevelDB '{path}' holds no records")
+
+    def _open(self):
+        if self._env is None:
+            import plyvel
+
+            key = os.path.realpath(self.path)
+            if key not in _LEVELDBS:
+                try:
+                    _LEVELDBS[key] = plyvel.DB(key, create_if_missing=False)
+                except plyvel.Error as exc:
+                    raise CaffeCamError(f"LevelDB '{self.path}': cannot open ({exc}); is another program using "
+                                        "it? Or convert it to LMDB and set `backend: LMDB`") from None
+            self._env = _LEVELDBS[key]
+        return self._env
+
+    def load(self, i, is_color=True):
+        value = self._open().get(self.keys[i])
+        if value is None:
+            raise CaffeCamError(f"{self.where(i)}: record vanished; was the LevelDB rewritten during training?")
+        return decode_datum(value, is_color, self.where(i), self.max_pixels)
+
+    def labels(self):
+        return [(parse_datum(self._open().get(k), self.where(i)).label, self.where(i))
+                for i, k in enumerate(self.keys)]

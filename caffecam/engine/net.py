@@ -21,10 +21,14 @@ _OVERWRITABLE = {"Convolution", "InnerProduct", "Concat", "BatchNorm", "Scale", 
 
 def data_layer_shapes(lp):
     """Top shapes of a Data/ImageData layer from its own parameters, or None when only the data can tell."""
+    if lp.type == "HDF5Data":
+        return None  # the datasets' shapes are in the files
     if lp.type == "ImageData":
         p = lp.image_data_param
         batch, channels = p.batch_size, 3 if p.is_color else 1
         size = (p.new_height, p.new_width) if p.new_height and p.new_width else None
+    elif lp.type == "WindowData":
+        batch, channels, size = lp.window_data_param.batch_size, 3, None
     else:
         p = lp.data_param
         batch, channels, size = p.batch_size, 3, None
@@ -134,8 +138,9 @@ class Net(nn.Module):
             shapes = [given.get(t, s) for t, s in zip(lp.top, shapes or [None] * len(lp.top))]
             shapes = None if None in shapes else shapes
         if shapes is None:
-            raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): input size unknown; set transform_param.crop_size "
-                                "or new_height/new_width, or pass input_shapes")
+            how = "" if lp.type == "HDF5Data" else "set transform_param.crop_size or new_height/new_width, or "
+            raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): input size unknown; {how}pass input_shapes "
+                                "(caffecam.data.feeds.make_feeds gives them)")
         return shapes
 
     @property
@@ -203,6 +208,13 @@ class Net(nn.Module):
             if end is not None and lp.name == end:
                 break
         return blobs
+
+    def set_input_arrays(self, data, labels):
+        """pycaffe's Net.set_input_arrays: hand N×C×H×W float32 data and N labels to the net's first layer, which
+        must be MemoryData (N a multiple of its batch_size; each forward takes the next batch)."""
+        if not self.layers or self.layer_params[0].type != "MemoryData":
+            raise CaffeCamError(f"net '{self.name}': set_input_arrays needs a MemoryData layer as the first layer")
+        self.layers[0].set_input_arrays(data, labels)
 
     def winograd_layers(self):
         """Names of the Convolution layers that run as Winograd F(2×2, 3×3) on the CPU at the set-up shapes."""

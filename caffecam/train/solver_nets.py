@@ -143,7 +143,11 @@ def check_sources(net_params):
             if lp.type == "ImageData":
                 source, ok = lp.image_data_param.source, Path(lp.image_data_param.source).is_file()
             elif lp.type == "Data":
-                source, ok = lp.data_param.source, (Path(lp.data_param.source) / "data.mdb").is_file()
+                marker = "data.mdb" if lp.data_param.backend == caffe_pb2.DataParameter.LMDB else "CURRENT"
+                source, ok = lp.data_param.source, (Path(lp.data_param.source) / marker).is_file()
+            elif lp.type in ("HDF5Data", "WindowData"):
+                p = lp.hdf5_data_param if lp.type == "HDF5Data" else lp.window_data_param
+                source, ok = p.source, Path(p.source).is_file()
             else:
                 continue
             if not ok:

@@ -216,9 +216,10 @@ def test_lmdb_errors(tmp_path):
     write_lmdb(tmp_path / "empty", [], progress=False)
     with pytest.raises(CaffeCamError, match="empty' holds no records"):
         BatchFeed(lmdb_layer(tmp_path / "empty"), TRAIN)
-    with pytest.raises(CaffeCamError, match="backend is LEVELDB"):
+    # An LMDB read with backend unset (LEVELDB, Caffe's default) is not a LevelDB: the error says to set LMDB.
+    with pytest.raises(CaffeCamError, match="LevelDB '.*empty' not found .*`backend: LMDB`"):
         BatchFeed(lmdb_layer(tmp_path / "empty", backend=""), TRAIN)
-    with pytest.raises(CaffeCamError, match="backend is LEVELDB"):
+    with pytest.raises(CaffeCamError, match="LevelDB '.*empty' not found .*`backend: LMDB`"):
         BatchFeed(lmdb_layer(tmp_path / "empty", backend="backend: LEVELDB"), TRAIN)
 
 

@@ -19,7 +19,7 @@ from caffecam.engine.layers.base import LAYER_TYPES
 from caffecam.errors import CaffeCamError
 
 # Types whose tops are fed from outside the net (by the data pipeline or the caller).
-INPUT_TYPES = {"Input", "Data", "ImageData"}
+INPUT_TYPES = {"Input", "Data", "ImageData", "HDF5Data", "WindowData"}
 
 
 def make_layer(lp, bottom_shapes, phase, generator=None):
