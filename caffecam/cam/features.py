@@ -1,0 +1,139 @@
+"""Caffe's extract_features for this toolkit: named blobs of a net over many inputs, saved as one .npz.
+
+A blob's value is what real Caffe holds after the forward pass: the last layer writing it wins, so a blob written
+in place by conv -> BatchNorm -> Scale -> ReLU holds the ReLU's output (Net.forward keeps the latest value of each
+name). The net runs only up to the last layer writing a requested blob; the layers after it cannot change it.
+"""
+
+import difflib
+import io
+import math
+import sys
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from caffecam.atomic import atomic_write_bytes
+from caffecam.data.images import ImageLoadError, load_image
+from caffecam.errors import CaffeCamError
+
+
+def check_blobs(net, names):
+    """Every requested blob exists in the net, else one line naming the nearest blob names."""
+    known = list(net.blob_shapes)
+    for name in names:
+        if name not in net.blob_shapes:
+            near = difflib.get_close_matches(name, known, n=3, cutoff=0.0)
+            raise CaffeCamError(f"net '{net.name}' has no blob '{name}'; nearest: {', '.join(near)}")
+        if name == "names":
+            raise CaffeCamError("a blob named 'names' would clash with the list of inputs in the .npz; rename it")
+
+
+def image_input(net):
+    """The net's image input blob: its only 4-D input."""
+    images = [b for b in net.input_blobs if len(net.blob_shapes[b]) == 4]
+    if len(images) != 1:
+        raise CaffeCamError(f"net '{net.name}': needs exactly one 4-D input blob to feed, has "
+                            f"{', '.join(images) or 'none'} (inputs: {', '.join(net.input_blobs) or 'none'})")
+    return images[0]
+
+
+@dataclass
+class Preprocess:
+    """H×W×3 uint8 BGR image -> C×H×W float32 as the net's input: resized to the input size, (pixel − mean) · scale.
+
+    mean: B,G,R values, or a C×H'×W' mean image (a mean file; centre-cropped when larger than the input, as Caffe's
+    TEST-phase crop takes it).
+    """
+    height: int
+    width: int
+    mean: np.ndarray | tuple = (0.0,)
+    scale: float = 1.0
+
+    def __post_init__(self):
+        mean = np.asarray(self.mean, np.float32)
+        if mean.ndim == 3:
+            c, h, w = mean.shape
+            if c != 3 or h < self.height or w < self.width:
+                raise CaffeCamError(f"mean file is {c}×{h}×{w}; the net's input is 3×{self.height}×{self.width}: "
+                                    "it needs 3 channels and at least the input's size")
+            top, left = (h - self.height) // 2, (w - self.width) // 2
+            mean = mean[:, top:top + self.height, left:left + self.width]
+        else:
+            mean = mean.reshape(-1, 1, 1)
+        self._mean = mean
+
+    def __call__(self, image):
+        if image.shape[:2] != (self.height, self.width):
+            image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+        x = image.transpose(2, 0, 1).astype(np.float32) - self._mean
+        return x * np.float32(self.scale) if self.scale != 1 else x
+
+
+def image_batches(paths, preprocess, batch_size, failures):
+    """Batches (names, N×C×H×W float32) of images; an image that fails is appended to `failures` and skipped."""
+    names, batch = [], []
+    for path in paths:
+        try:
+            batch.append(preprocess(load_image(path)))
+            names.append(str(path))
+        except ImageLoadError as exc:
+            failures.append(str(exc))
+            tqdm.write(str(exc), file=sys.stderr)
+        if len(batch) == batch_size:
+            yield names, np.stack(batch)
+            names, batch = [], []
+    if batch:
+        yield names, np.stack(batch)
+
+
+def array_batches(array, label, batch_size):
+    """Batches (names, rows) of an N×C×H×W array; row i is named label[i]."""
+    for start in range(0, len(array), batch_size):
+        rows = array[start:start + batch_size]
+        yield [f"{label}[{i}]" for i in range(start, start + len(rows))], np.ascontiguousarray(rows, np.float32)
+
+
+def last_writer(net, blobs):
+    """Name of the last layer writing any of `blobs` (None when they are all net inputs)."""
+    last = None
+    for lp in net.layer_params:
+        if any(t in blobs for t in lp.top):
+            last = lp.name
+    return last
+
+
+def extract(net, input_blob, batches, blobs, total=None, device="cpu", progress=True):
+    """Run `batches` ((names, array) pairs) through `net`, keeping `blobs`. -> ({blob: array}, names)."""
+    check_blobs(net, blobs)
+    end = last_writer(net, set(blobs))
+    others = [b for b in net.input_blobs if b != input_blob]
+    kept, names = {b: [] for b in blobs}, []
+    net.eval().to(device)
+    with torch.inference_mode():
+        for batch_names, x in tqdm(batches, total=total, unit="batch", desc="features", disable=None if progress
+                                   else True):
+            feeds = {input_blob: torch.from_numpy(x).to(device)}
+            for b in others:  # e.g. a `label` input of a deploy net: zeros, as the CAM tools feed it
+                feeds[b] = torch.zeros((len(x),) + tuple(net.blob_shapes[b][1:]), device=device)
+            out = net(feeds, end=end) if end is not None else feeds
+            for b in blobs:
+                kept[b].append(out[b].detach().float().cpu().numpy())
+            names += batch_names
+    if not names:
+        raise CaffeCamError("no input could be read; nothing to write")
+    return {b: np.concatenate(v) for b, v in kept.items()}, names
+
+
+def save_features(path, features, names):
+    """One .npz: an array per blob (keys = blob names, slashes included) and `names`; written atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, names=np.asarray(names, dtype=str), **features)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def batch_count(n, batch_size):
+    return math.ceil(n / batch_size)
