@@ -1,5 +1,5 @@
 """WindowData, HDF5Data, HDF5Output, MemoryData and LevelDB Data against what real Caffe gave on the same files
-(tests/data/reference/, recorded by its make_reference.py)."""
+(tests/golden/data_layers/, recorded by its make_reference.py)."""
 
 import shutil
 from pathlib import Path
@@ -15,7 +15,7 @@ from caffecam.engine.layers import make_layer
 from caffecam.engine.prototxt import parse_text
 from caffecam.proto import caffe_pb2
 
-REF = Path(__file__).resolve().parent / "reference"
+REF = Path(__file__).resolve().parents[1] / "golden" / "data_layers"
 TEST = caffe_pb2.TEST
 
 

@@ -1,5 +1,5 @@
-"""scripts/extract_features.py: against real Caffe's recorded blobs (tests/scripts/data/, made by its
-make_reference.py), on the demo and GoogLeNet-CAM nets against a plain forward, and its one-line errors."""
+"""scripts/extract_features.py: against real Caffe's recorded blobs (tests/golden/extract_features/, made
+by its make_reference.py), on the demo and GoogLeNet-CAM nets against a plain forward, and its one-line errors."""
 
 import subprocess
 import sys
@@ -18,7 +18,7 @@ from tests.engine.layers.helpers import close
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "extract_features.py"
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "golden" / "extract_features"
 sys.path.insert(0, str(REPO / "scripts"))
 import extract_features  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Run where `import caffe` works (BVLC master with pycaffe; here: source /work/caffe-ref/env.sh):
 
-    $CAFFE_PYTHON tests/scripts/data/make_reference.py
+    $CAFFE_PYTHON tests/golden/extract_features/make_reference.py
 
 For each net NAME below it writes into this folder: NAME.prototxt (the deploy net), NAME.caffemodel (seeded weights,
 saved by Caffe), NAME_input.npy (the seeded N×C×H×W input) and NAME_blobs.npz (every blob's value after Caffe's

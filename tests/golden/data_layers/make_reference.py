@@ -2,7 +2,7 @@
 
 Run where `import caffe` works (BVLC master with pycaffe; here: source /work/caffe-ref/env.sh):
 
-    $CAFFE_PYTHON tests/data/reference/make_reference.py
+    $CAFFE_PYTHON tests/golden/data_layers/make_reference.py
 
 Writes into this folder (the tests need neither Caffe nor this script):
   img0.ppm img1.ppm       small seeded colour images (binary PPM, which OpenCV reads losslessly)
