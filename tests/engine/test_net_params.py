@@ -111,3 +111,29 @@ def test_silence_layer_has_no_tops_and_consumes_its_bottoms():
     assert set(out) == {"x", "y", "p"}
     out["p"][:, 0].sum().backward()
     assert y.grad is None and x.grad is not None  # nothing flows back through Silence (Caffe writes zeros)
+
+
+def test_parameter_layer_in_a_net_learns_through_its_top():
+    text = """name: "p"
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "bias" type: "Parameter" top: "b" param { lr_mult: 2 } parameter_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "sum" type: "Eltwise" bottom: "x" bottom: "b" top: "y" eltwise_param { coeff: 1 coeff: -2 } }"""
+    net = Net(netp(text), TRAIN)
+    assert [(name, lr) for name, _, _, lr, _ in net.param_specs()] == [("bias", 2)]
+    x = torch.randn(2, 3)
+    out = net({"x": x})
+    torch.testing.assert_close(out["y"], x)  # the blob starts at zero (Caffe gives it no filler)
+    out["y"].sum().backward()
+    torch.testing.assert_close(net.params["bias"][0].grad, torch.full((2, 3), -2.0))
+
+
+def test_filter_in_a_net_passes_only_the_selected_items():
+    text = """name: "f"
+    layer { name: "in" type: "Input" top: "x" top: "sel" input_param { shape { dim: 4 dim: 3 } shape { dim: 4 } } }
+    layer { name: "keep" type: "Filter" bottom: "x" bottom: "sel" top: "kept" }
+    layer { name: "soft" type: "Softmax" bottom: "kept" top: "p" }"""
+    net = Net(netp(text), TEST)
+    assert net.blob_shapes["kept"] == (4, 3)  # set-up: the whole batch, as Caffe's first Reshape
+    x = torch.randn(4, 3)
+    out = net({"x": x, "sel": torch.tensor([1.0, 0, 0, 1])})
+    torch.testing.assert_close(out["p"], torch.softmax(x[[0, 3]], 1))

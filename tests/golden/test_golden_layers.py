@@ -1,7 +1,7 @@
 """Every layer case real Caffe recorded (tests/golden/make_golden.py): our layer, built from the same prototxt text
 with the recorded blobs, must give Caffe's tops (rel_err ≤ 1e-5, see golden.py) and, fed the recorded top diffs,
-Caffe's bottom and parameter diffs (≤ 1e-4). Our layer runs in float64, so the error measured is Caffe's float32
-rounding plus any real difference.
+Caffe's bottom and parameter diffs (≤ 1e-4). Each case runs twice: in float64, so that the error measured is Caffe's
+float32 rounding plus any real difference, and in float32 as the engine trains (Winograd convolution included).
 
 A case whose type is not registered yet is skipped ('type X not implemented yet'); test_missing_types lists them.
 `python -m tests.golden.test_golden_layers` prints the worst error per type (forward, backward) over all cases.
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from caffecam.engine.kernels import winograd
 from caffecam.engine.layers import LAYER_TYPES, make_layer
 from caffecam.engine.prototxt import parse_text
 from caffecam.proto import caffe_pb2
@@ -23,22 +24,22 @@ DATA_SHAPED = {"Filter"}
 CASES = layer_cases()
 
 
-def _build(rec):
+def _build(rec, dtype):
     lp = parse_text(str(rec["text"]), caffe_pb2.LayerParameter)
     phase = caffe_pb2.Phase.Value(str(rec["phase"]))
-    bottoms = [torch.from_numpy(b.astype(np.float64)) for b in indexed(rec, "bottom")]
-    layer = make_layer(lp, [tuple(b.shape) for b in bottoms], phase, torch.Generator().manual_seed(0)).double()
+    bottoms = [torch.from_numpy(b).to(dtype) for b in indexed(rec, "bottom")]
+    layer = make_layer(lp, [tuple(b.shape) for b in bottoms], phase, torch.Generator().manual_seed(0)).to(dtype)
     return lp, layer, bottoms
 
 
-def compare(family, name):
+def compare(family, name, dtype=torch.float64):
     """{what: (rel_err, tolerance)} of one case (tops, blobs after the forward, bottom and param diffs), or None when
     its type is not registered."""
     rec = layer_case(family, name)
     type_ = str(rec["type"])
     if type_ not in LAYER_TYPES:
         return None
-    lp, layer, bottoms = _build(rec)
+    lp, layer, bottoms = _build(rec, dtype)
     ref_tops, ref_blobs = indexed(rec, "top"), indexed(rec, "blob")
     assert len(layer.top_shapes) == len(ref_tops), "top count"
     if type_ not in DATA_SHAPED:
@@ -64,7 +65,7 @@ def compare(family, name):
             errors[f"blob {i} after forward"] = (rel_err(layer.blobs[i].detach().numpy(), ref), FORWARD_TOL)
 
     if backward:
-        pairs = [(t, torch.from_numpy(d.astype(np.float64))) for t, d in zip(tops, indexed(rec, "top_diff"))
+        pairs = [(t, torch.from_numpy(d).to(dtype)) for t, d in zip(tops, indexed(rec, "top_diff"))
                  if t.requires_grad]
         if pairs:
             torch.autograd.backward([t for t, _ in pairs], [d for _, d in pairs])
@@ -82,7 +83,20 @@ def compare(family, name):
 
 @pytest.mark.parametrize("family, name", CASES, ids=[f"{f}/{n}" for f, n in CASES])
 def test_layer_matches_caffe(family, name):
-    errors = compare(family, name)
+    _check(family, name, torch.float64)
+
+
+@pytest.mark.parametrize("family, name", CASES, ids=[f"{f}/{n}" for f, n in CASES])
+def test_layer_matches_caffe_in_float32(family, name, monkeypatch):
+    """As the engine trains: float32, with the Winograd convolution taken at any size it applies to (3×3, stride 1,
+    pad 1), not only from 128 channels, so that its path is checked on these small cases too."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_TILES", 1)
+    _check(family, name, torch.float32)
+
+
+def _check(family, name, dtype):
+    errors = compare(family, name, dtype)
     if errors is None:
         pytest.skip(f"type {layer_case(family, name)['type']} not implemented yet")
     bad = {k: e for k, (e, tol) in errors.items() if not e <= tol}

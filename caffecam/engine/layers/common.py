@@ -266,7 +266,9 @@ class ArgMax(Layer):
 
 @register()
 class Parameter(Layer):
-    """No bottom; its top is its one blob (parameter_param.shape, zeros: Caffe gives it no filler), diff included."""
+    """No bottom; its top is its one blob (parameter_param.shape, zeros: Caffe gives it no filler), diff included.
+    Caffe quirk: the top shares the blob's diff, which the consumer's backward writes rather than adds to, so with
+    iter_size > 1 the blob keeps the last backward's gradient only (parameter_layer.hpp)."""
 
     def setup(self, lp, shapes, gen):
         self.need_bottoms(shapes, 0)
@@ -275,4 +277,5 @@ class Parameter(Layer):
         return [shape]
 
     def forward(self):
-        return [self.blobs[0]]
+        blob = self.blobs[0]
+        return [_OverwriteGrad.apply(blob) if blob.requires_grad and torch.is_grad_enabled() else blob]

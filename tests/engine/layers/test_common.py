@@ -277,6 +277,11 @@ def test_argmax_errors():
 def test_parameter_layer_is_its_blob():
     layer = build("name: 'p' type: 'Parameter' parameter_param { shape { dim: 2 dim: 3 } }", [])
     assert layer.top_shapes == [(2, 3)] and not layer.blobs[0].detach().any()  # Caffe: zeros, no filler
-    (y,) = layer()
-    y.backward(torch.ones(2, 3))
-    assert y is layer.blobs[0] and layer.blobs[0].grad.sum() == 6
+    with torch.no_grad():
+        layer.blobs[0].fill_(1.0)
+    for x in (2.0, 5.0):  # y = blob · x: Caffe's diff after the two backward passes is 5, not 2 + 5
+        (y,) = layer()
+        (y * x).sum().backward()
+    assert layer.blobs[0].grad.tolist() == [[5.0] * 3] * 2
+    with torch.no_grad():
+        assert layer()[0] is layer.blobs[0]

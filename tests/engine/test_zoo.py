@@ -1,0 +1,86 @@
+"""The public model zoo's deploy nets (tests/zoo/, as published) against real Caffe's recordings
+(tests/golden/zoo/, made by tests/golden/make_zoo_golden.py on the same formula weights: tests/golden/zoo_weights.py).
+"""
+
+import json
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from caffecam.engine.net import TEST, Net
+from caffecam.engine.prototxt import read_net
+from caffecam.errors import CaffeCamError
+from tests.golden import zoo_weights as zw
+from tests.golden.golden import rel_err
+
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "zoo"
+NETS = sorted(p.stem for p in ZOO.glob("*.prototxt") if p.stem != "densenet121")
+# Forward on every net but these, whose forward (and formula weights) take several seconds each on 2 cores; their
+# layer types and structure are covered by ResNet-50 and Places365 VGG16 (same blocks, fewer of them).
+SHAPES_ONLY = {"resnet101", "resnet152", "places365_resnet152", "cam_vgg16"}
+# Relative error allowed against Caffe: 1e-5; 1e-4 for nets with BatchNorm. There each BatchNorm divides by the
+# standard deviation it measured, and 50+ convolutions in float32 (Caffe's im2col + GEMM summing in another order
+# than torch's convolution) accumulate rounding: worst measured 3.6e-5 (an inner ResNet-50 blob, 8 spot values).
+TOL, TOL_BN = 1e-5, 1e-4
+
+
+@cache
+def golden(name):
+    return json.loads((GOLDEN / f"{name}.json").read_text())
+
+
+def test_zoo_holds_the_listed_nets():
+    assert len(NETS) == 18
+    listed = (ZOO / "README.md").read_text()
+    for name in NETS + ["densenet121"]:
+        assert f"| {name}.prototxt |" in listed, f"{name} has no source line in tests/zoo/README.md"
+    assert sorted(p.stem for p in GOLDEN.glob("*.json")) == NETS
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_shapes_are_caffes(name):
+    g = golden(name)
+    net = Net(read_net(ZOO / f"{name}.prototxt"), TEST)
+    assert [(b, list(s)) for b, s in net.blob_shapes.items()] == [tuple(x) for x in g["blob_shapes"]]
+    assert [(n, [list(b.shape) for b in blobs]) for n, blobs in net.params.items()] == [tuple(x) for x in
+                                                                                        g["param_shapes"]]
+
+
+def formula_forward(name):
+    g = golden(name)
+    net = Net(read_net(ZOO / f"{name}.prototxt"), TEST, input_shapes={g["input"]: g["input_shape"]})
+    with torch.no_grad():
+        for lp, layer in zip(net.layer_params, net.layers):
+            for i, blob in enumerate(layer.blobs):
+                blob.copy_(torch.from_numpy(zw.blob_values(lp.type, lp.name, i, tuple(blob.shape),
+                                                           g["bn_factor"].get(lp.name))))
+        return g, net.forward(torch.from_numpy(zw.net_input(tuple(g["input_shape"]))))
+
+
+@pytest.mark.parametrize("name", [n for n in NETS if n not in SHAPES_ONLY])
+def test_forward_is_caffes(name):
+    g, blobs = formula_forward(name)
+    tol = TOL_BN if g["bn_factor"] else TOL
+    errors = {blob: rel_err(blobs[blob].numpy(), np.array(rec["values"], np.float32).reshape(rec["shape"]))
+              for blob, rec in g["outputs"].items()}
+    for blob, spots in g["spots"].items():
+        idx, ref = zip(*spots)
+        errors[blob] = rel_err(blobs[blob].numpy().ravel()[list(idx)], ref)
+    worst = max(errors, key=errors.get)
+    print(f"{name}: worst relative error {errors[worst]:.1e} ({worst})")  # shown with pytest -s
+    assert errors[worst] < tol, worst
+
+
+def test_densenet_ceil_mode_is_one_clear_line():
+    path = ZOO / "densenet121.prototxt"
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "ceil_mode" in text)
+    with pytest.raises(CaffeCamError) as err:
+        read_net(path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{path}:{line}:")
+    assert "ceil_mode" in msg and "delete it" in msg
