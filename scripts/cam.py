@@ -108,8 +108,8 @@ def main(argv=None):
     model = model_from_args(args)
     if args.top_k > model.num_classes:
         raise CaffeCamError(f"--top-k {args.top_k}: the net has only {model.num_classes} classes")
-    print(f"CAM of '{model.layers.feature_blob}' × '{model.layers.fc_layer}' on {model.device} for {len(items)} "
-          f"image(s)")
+    print(f"CAM of '{model.layers.feature_blob}' × '{model.layers.fc_layer}' on {model.device} ({model.precision}) "
+          f"for {len(items)} image(s)")
     result = run_cam(model, items, args.out, top_k=args.top_k, alpha=args.alpha, box_threshold=args.box_threshold,
                      save_maps=args.save_maps, gallery=args.gallery, batch_size=args.batch_size, workers=args.workers,
                      boxes=boxes, thresholds=thresholds, max_pixels=args.max_pixels, progress=not args.no_progress)

@@ -7,7 +7,8 @@ Examples:
 
 On the CPU, wide 3×3 convolutions run as Winograd F(2×2,3×3) (the log names them; `engine: CAFFE` on a layer or
 CAFFECAM_WINOGRAD=0 keeps them direct), and malloc keeps freed memory for the next step (CAFFECAM_KEEP_MEMORY=0
-turns that off).
+turns that off). On CUDA, float32 stays IEEE float32 (TF32 only with --tf32) and cuDNN is deterministic when
+random_seed >= 0, so that a resume continues the same run; the log's first lines say which.
 """
 
 import sys
@@ -43,7 +44,8 @@ def parse_args(argv):
                                                     "directory, as in Caffe)")
     ap.add_argument("--weights", help="fine-tune from these .caffemodel files (comma-separated; copied by layer name)")
     ap.add_argument("--snapshot", help="resume from this .solverstate")
-    ap.add_argument("--gpu", help="GPU id (0), several ids (0,1: one process each) or 'all'; default: solver_mode")
+    ap.add_argument("--gpu", help="GPU id (0), several ids (0,1: one process each) or 'all', numbered as "
+                                  "CUDA_VISIBLE_DEVICES shows them; default: solver_mode")
     ap.add_argument("--cpu", action="store_true", help="train on the CPU whatever solver_mode says")
     ap.add_argument("--workers", type=int, default=None,
                     help="data loading processes per training process (default: from the CPU count)")
@@ -51,6 +53,9 @@ def parse_args(argv):
                     help="channels_last memory format (default: on for the CPU, where it is faster and equal to "
                          "float noise; off on CUDA unless asked for)")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA (off by default: fidelity first)")
+    ap.add_argument("--tf32", action="store_true",
+                    help="let CUDA round float32 convolutions and matrix products to TF32 (off by default: about "
+                         "1e-3 times the float32 error)")
     ap.add_argument("--log", help="training log file (appended; default <snapshot_prefix folder>/train.log)")
     ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                     help="refuse images with more pixels, read from their header before decoding (default "
@@ -64,20 +69,29 @@ def gpu_ids(arg):
     if arg == "all":
         return list(range(torch.cuda.device_count()))
     try:
-        return [int(x) for x in arg.split(",") if x != ""]
+        ids = [int(x) for x in arg.split(",") if x != ""]
     except ValueError:
         raise CaffeCamError(f"--gpu {arg}: give a GPU id (0), a list (0,1) or 'all'") from None
+    if len(set(ids)) != len(ids):
+        raise CaffeCamError(f"--gpu {arg}: a GPU listed twice; each process needs a GPU of its own")
+    return ids
+
+
+def check_gpu(index):
+    if not 0 <= index < torch.cuda.device_count():
+        raise CaffeCamError(f"GPU {index} does not exist ({torch.cuda.device_count()} visible)")
 
 
 def maybe_relaunch(args, argv):
-    """`--gpu all` / `--gpu 0,1` outside torchrun: run again under torch.distributed.run, one process per GPU."""
+    """`--gpu all` / `--gpu 0,1` outside torchrun: run again under torch.distributed.run, one process per GPU.
+    CUDA_VISIBLE_DEVICES stays as it is: process i takes the i-th listed id, numbered as this process sees them."""
     if distributed.under_torchrun() or args.cpu or args.gpu is None:
         return
     ids = gpu_ids(args.gpu)
     if len(ids) <= 1 or not torch.cuda.is_available():
         return
-    if args.gpu != "all":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
+    for index in ids:
+        check_gpu(index)
     print(f"relaunching under torch.distributed.run with {len(ids)} processes (one per GPU)", file=sys.stderr)
     distributed.relaunch(Path(__file__).resolve(), argv, len(ids))
 
@@ -94,12 +108,17 @@ def choose_device(sp, args, local_rank, warn):
         return torch.device("cpu")
     if distributed.under_torchrun():
         index = local_rank
+        if ids:  # one listed GPU per process of this node, by local rank
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", len(ids)))
+            if len(ids) != local_world:
+                raise CaffeCamError(f"--gpu {args.gpu} lists {len(ids)} GPU(s) for the {local_world} processes "
+                                    "torchrun started on this node; list one per process, or leave --gpu out")
+            index = ids[local_rank]
     elif ids:
         index = ids[0]
     else:
         index = sp.device_id
-    if index >= torch.cuda.device_count():
-        raise CaffeCamError(f"GPU {index} does not exist ({torch.cuda.device_count()} visible)")
+    check_gpu(index)
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
 
@@ -149,8 +168,7 @@ def resume_command(args, state_path, world=1):
     for flag, value in (("--gpu", args.gpu), ("--log", args.log)):
         if value is not None:
             cmd += [flag, value]
-    if args.bf16:
-        cmd.append("--bf16")
+    cmd += [flag for flag, on in (("--bf16", args.bf16), ("--tf32", args.tf32)) if on]
     if args.max_pixels != DEFAULT_MAX_PIXELS:
         cmd += ["--max-pixels", str(args.max_pixels)]
     return " ".join(shlex.quote(c) for c in cmd)
@@ -183,8 +201,9 @@ def main(argv=None):
         logger = CaffeLogger(log_path, stream=progress.write if progress.bar is not None else sys.stderr)
     warn = logger.warning if logger is not None else (lambda msg: None)
     device = choose_device(sp, args, local_rank, warn)
-    if args.bf16 and device.type != "cuda":
-        warn("--bf16 applies to CUDA only; training in float32 on the CPU")
+    for flag, on in (("--bf16", args.bf16), ("--tf32", args.tf32)):
+        if on and device.type != "cuda":
+            warn(f"{flag} applies to CUDA only; training in float32 on the CPU")
     group = distributed.Group(device) if world > 1 else None
     solver = None
     try:
@@ -193,7 +212,7 @@ def main(argv=None):
         workers = args.workers if args.workers is not None else default_workers(world)
         solver = Solver(sp, args.solver, device, logger, rank=rank, world_size=world, workers=workers,
                         channels_last=args.channels_last, bf16=args.bf16, group=group, on_iteration=progress.update,
-                        max_pixels=args.max_pixels)
+                        max_pixels=args.max_pixels, tf32=args.tf32)
         per_process = solver.batch_size * sp.iter_size
         if logger is not None:
             sizes = f"{solver.batch_size} × iter_size {sp.iter_size}" if sp.iter_size > 1 else f"{solver.batch_size}"

@@ -240,6 +240,8 @@ def add_model_args(p):
     p.add_argument("--fc-layer", help="classifier layer (default: the InnerProduct after the global average pooling)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
+    p.add_argument("--tf32", action="store_true",
+                   help="let CUDA round float32 convolutions to TF32 (off by default: about 1e-3 times the error)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on; faster on GPUs and on this CPU)")
     p.add_argument("--workers", type=int, default=None, help="threads decoding and writing images (default: cores+1)")
@@ -271,7 +273,7 @@ def check_model_args(args, hint=""):
 def model_from_args(args):
     return CamModel.from_files(args.model, args.weights, args.labels, feature_blob=args.feature_blob,
                                fc_layer=args.fc_layer, mean=parse_mean(args.mean), device="cpu" if args.cpu else None,
-                               channels_last=args.channels_last)
+                               channels_last=args.channels_last, tf32=args.tf32)
 
 
 def report_localization(summary, json_path=None, unscored_why="no label or no box"):

@@ -126,11 +126,11 @@ class BatchFeed:
     next() -> {top[0]: float32 N×C×H×W, top[1]: int64 (N,)}. `prefetch`: batches in flight in all (Caffe's
     data_param.prefetch), at least one per worker. `start_batch`: resume after that many batches of this rank.
     `seed` None or negative: a random seed (the run is then not reproducible). `max_pixels`: larger images are
-    refused from their header, before decoding.
+    refused from their header, before decoding. `pin_memory`: page-locked batches, for a copy to a CUDA device.
     """
 
     def __init__(self, lp, phase, seed=0, rank=0, world_size=1, workers=2, prefetch=4, start_batch=0,
-                 pin_memory=None, max_pixels=DEFAULT_MAX_PIXELS):
+                 pin_memory=False, max_pixels=DEFAULT_MAX_PIXELS):
         where = f"layer '{lp.name}' ({lp.type})"
         if lp.type == "ImageData":
             p = lp.image_data_param
@@ -172,7 +172,7 @@ class BatchFeed:
             self.shapes[self.top_names[1]] = (p.batch_size,)
         self.batches_done = start_batch
         self.workers, self.prefetch = workers, prefetch
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.pin_memory = pin_memory  # for a CUDA device only: pinning creates a CUDA context (on GPU 0 if unset)
         self._iter = None
 
     def _start(self):

@@ -17,6 +17,22 @@ TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 # backward does not read their output (Caffe saves the memory; here it also saves a pass over the blob). After any
 # other layer, or on a net input the caller owns, it writes a new tensor.
 _OVERWRITABLE = {"Convolution", "InnerProduct", "Concat", "BatchNorm", "Scale", "Bias"}
+_REDUCED = (torch.bfloat16, torch.float16)
+
+
+def _float32_layers(layer_params):
+    """Indices of the layers that run in float32 under autocast (autocast's own rule for softmax, losses and pow):
+    LRN (a power of a sum of squares, which in bfloat16 moves in steps of 2^-7 near 1), the loss and Accuracy layers,
+    and the layers writing the scores they read (rounded to bfloat16, near scores tie and Accuracy counts a tie as
+    wrong)."""
+    out = set()
+    for i, lp in enumerate(layer_params):
+        if lp.type == "LRN":
+            out.add(i)
+        elif (lp.type == "Accuracy" or lp.type.endswith("Loss")) and lp.bottom:
+            out.add(i)
+            out.update(j for j in range(i) if lp.bottom[0] in layer_params[j].top)
+    return out
 
 
 def data_layer_shapes(lp):
@@ -119,6 +135,7 @@ class Net(nn.Module):
         # Caffe's net outputs: blobs no later layer consumes (an in-place layer's top counts), sorted by name.
         self.output_blobs = sorted(available - set(self.input_blobs))
         self.param_specs()  # a shared parameter given two different lr_mult/decay_mult values is an error now
+        self._float32 = _float32_layers(self.layer_params)
 
     def _input_shapes(self, lp, given):
         if lp.type == "Input":
@@ -197,13 +214,19 @@ class Net(nn.Module):
         if missing:
             raise CaffeCamError(f"net '{self.name}': input blob '{missing[0]}' was not given")
         blobs = dict(inputs)
-        for lp, layer in zip(self.layer_params, self.layers):
+        for i, (lp, layer) in enumerate(zip(self.layer_params, self.layers)):
             if lp.type in INPUT_TYPES:
                 missing = [t for t in lp.top if t not in blobs]
                 if missing:
                     raise CaffeCamError(f"input blob '{missing[0]}' of layer '{lp.name}' was not given")
                 continue
-            tops = layer(*[blobs[b] for b in lp.bottom])
+            bottoms = [blobs[b] for b in lp.bottom]
+            where = bottoms[0].device.type if bottoms else None
+            if i in self._float32 and where and torch.is_autocast_enabled(where):
+                with torch.autocast(where, enabled=False):
+                    tops = layer(*[b.float() if b.dtype in _REDUCED else b for b in bottoms])
+            else:
+                tops = layer(*bottoms)
             blobs.update(zip(lp.top, tops))
             if end is not None and lp.name == end:
                 break

@@ -26,6 +26,17 @@ def under_torchrun():
     return env()[1] > 1
 
 
+def shared_batches(start, n, rank, world_size):
+    """A pass over global batches [start, start + n) shared by the ranks: rank r takes those ≡ r mod world_size (its
+    feed's b-th batch being global batch b·world_size + r). Returns this rank's global batch numbers."""
+    return range(start + (rank - start) % world_size, start + n, world_size)
+
+
+def batches_before(cursor, rank, world_size):
+    """How many of global batches [0, cursor) are rank's: where its feed resumes."""
+    return (cursor - rank + world_size - 1) // world_size
+
+
 def relaunch(script, argv, nproc):
     """Replace this process by `python -m torch.distributed.run --standalone --nproc_per_node N script argv`."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -93,6 +104,19 @@ class Group:
         buf.mul_(1.0 / self.world_size)
         self._unflat(buf, grads)
         return sums
+
+    @torch.no_grad()
+    def gather_shared(self, rows, start, n, width):
+        """After a pass of shared_batches: this rank's `rows` (1-D tensors of `width` values, one per batch it ran)
+        -> every rank's rows, in global batch order."""
+        world = self.world_size
+        mine = torch.zeros((-(-n // world), width), device=self.device)
+        for j, row in enumerate(rows):
+            mine[j] = row
+        every = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(every, mine)
+        firsts = [shared_batches(start, n, r, world).start for r in range(world)]
+        return [every[g % world][(g - firsts[g % world]) // world] for g in range(start, start + n)]
 
     def barrier(self):
         dist.barrier()

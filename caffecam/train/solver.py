@@ -13,6 +13,7 @@ by 0.2% in channels_last and 0.8% contiguous). On CUDA it stays opt-in (fidelity
 """
 
 import contextlib
+import functools
 import math
 import secrets
 import time
@@ -20,24 +21,27 @@ import time
 import numpy as np
 import torch
 
+from caffecam.engine import precision
 from caffecam.engine.net import Net
 from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
-from caffecam.train import lr_policy, sgd, snapshots, solver_nets
+from caffecam.train import distributed, lr_policy, sgd, snapshots, solver_nets
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 
-def data_feeds(workers=2, prefetch=4, max_pixels=None):
+def data_feeds(workers=2, prefetch=4, max_pixels=None, pin_memory=False):
     """The default feed factory: caffecam.data.feeds' BatchFeeds of the net's Data/ImageData layers (images over
-    max_pixels refused; None: the data package's default)."""
+    max_pixels refused; None: the data package's default; pinned batches for a CUDA device only: pinning creates a
+    CUDA context)."""
 
     def factory(net_param, state, seed, rank, world_size, start_batch):
         from caffecam.data.feeds import make_feeds
 
         limit = {} if max_pixels is None else {"max_pixels": max_pixels}
         return make_feeds(net_param, state.phase, level=state.level, stages=tuple(state.stage), seed=seed, rank=rank,
-                          world_size=world_size, workers=workers, prefetch=prefetch, start_batch=start_batch, **limit)
+                          world_size=world_size, workers=workers, prefetch=prefetch, start_batch=start_batch,
+                          pin_memory=pin_memory, **limit)
 
     return factory
 
@@ -57,13 +61,15 @@ class Solver:
     """Solver(solver_param, solver_path, device, logger): builds the TRAIN net and the TEST nets (sharing weights).
 
     feeds: factory(net_param, net_state, seed, rank, world_size, start_batch) -> [feed] (default: caffecam.data.feeds).
-    group: a caffecam.distributed.Group when running under torchrun (rank 0 logs, tests and snapshots).
+    group: a caffecam.distributed.Group when running under torchrun (rank 0 logs and snapshots; every rank runs
+    its share of each test phase).
     on_iteration: called with the iteration number after every update (progress bars).
+    tf32: let CUDA round float32 convolutions and matrix products to TF32 (caffecam.engine.precision).
     """
 
     def __init__(self, solver_param, solver_path="solver.prototxt", device="cpu", logger=None, rank=0, world_size=1,
                  feeds=None, workers=2, channels_last=None, bf16=False, group=None, on_iteration=None,
-                 max_pixels=None):
+                 max_pixels=None, tf32=False):
         sp = self.sp = solver_param
         self.where = str(solver_path)
         self.device = torch.device(device)
@@ -74,6 +80,9 @@ class Solver:
             channels_last = self.device.type == "cpu"
         self.channels_last, self.on_iteration = channels_last, on_iteration
         self.bf16 = bf16 and self.device.type == "cuda"
+        cuda_math = precision.configure(self.device, tf32, deterministic=sp.random_seed >= 0)
+        if cuda_math:
+            self._info(f"{cuda_math} (random_seed {sp.random_seed})")
         solver_nets.check_numbers(sp, self.where)
         lr_policy.check(sp, self.where)
         self.kind = sgd.solver_type(sp, self.where)
@@ -83,7 +92,8 @@ class Solver:
         self.seed = sp.random_seed if sp.random_seed >= 0 else secrets.randbits(62)
         if group is not None and sp.random_seed < 0:
             self.seed = group.broadcast_int(self.seed)  # every rank must cut the same data stream
-        self._feed_factory = feeds or data_feeds(workers, max_pixels=max_pixels)
+        self._feed_factory = feeds or data_feeds(workers, max_pixels=max_pixels,
+                                                 pin_memory=self.device.type == "cuda")
         self.iter, self.current_step, self.stop_requested, self.stopped = 0, 0, False, False
         self._last_snapshot, self.last_snapshot_path = None, None
         self.train_feeds, self.test_feeds, self.test_nets = [], [], []
@@ -94,7 +104,8 @@ class Solver:
                        level=train_state.level, stages=tuple(train_state.stage))
         self._check_fed(self.net, self.train_feeds)
         self._prepare(self.net)
-        self.test_specs = solver_nets.test_nets(sp, self.where) if self.root else []
+        self.test_specs = solver_nets.test_nets(sp, self.where)
+        self._test_cursor = [0] * len(self.test_specs)  # test batches read so far by all ranks together, per net
         for param, state, _ in self.test_specs:
             feeds = self._open_feeds(param, state, 0)
             net = Net(param, TEST, input_shapes=self._shapes(feeds), seed=self._filler_seed(), level=state.level,
@@ -261,7 +272,7 @@ class Solver:
             self._smooth(loss, start_iter)
             if self.log is not None and self.root:
                 self.log.iteration(self.iter, self.smoothed_loss)
-        if sp.test_interval and self.iter % sp.test_interval == 0 and self.root:
+        if sp.test_interval and self.iter % sp.test_interval == 0:
             self.test_all()
         if self.log is not None and self.root:
             self.log.done()
@@ -287,8 +298,7 @@ class Solver:
         stop_iter = self.iter + iters
         last_time, last_iter = time.perf_counter(), self.iter
         while self.iter < stop_iter:
-            if (sp.test_interval and self.iter % sp.test_interval == 0 and (self.iter > 0 or sp.test_initialization)
-                    and self.root):
+            if sp.test_interval and self.iter % sp.test_interval == 0 and (self.iter > 0 or sp.test_initialization):
                 self.test_all()
                 if self.stop_requested and self.group is None:
                     self.stopped = True
@@ -366,24 +376,34 @@ class Solver:
 
     @torch.no_grad()
     def test(self, k=0):
-        """Solver::Test: mean of each output over test_iter batches, logged as `Test net output #i`."""
+        """Solver::Test: mean of each output over test_iter batches, logged as `Test net output #i`.
+
+        Under torchrun the ranks share the pass (none waits alone in a collective, past NCCL's timeout): each runs
+        its share of the batches (distributed.shared_batches) and the per-batch outputs, gathered, are summed in
+        batch order: the same numbers as one process reading every batch."""
         net, feeds, n = self.test_nets[k], self.test_feeds[k], self.test_specs[k][2]
         if self.log is not None:
             self.log.testing(self.iter, k)
-        sums, loss = None, 0.0
-        for _ in range(n):
+        start = self._test_cursor[k]
+        self._test_cursor[k] = start + n
+        rows = []  # per batch: every output's elements, then the loss
+        for _ in distributed.shared_batches(start, n, self.rank, self.world_size):
             if self.stop_requested and self.group is None:
                 self._info("Test interrupted.")
                 return None
             with self._autocast():
                 blobs = net(self._inputs(feeds))
+                row = [blobs[b].detach().float().reshape(-1) for b in net.output_blobs]
                 if self.sp.test_compute_loss:
-                    loss += net.loss(blobs).float()
-            outs = [blobs[b].detach().float() for b in net.output_blobs]
-            sums = outs if sums is None else [s + o for s, o in zip(sums, outs)]
-        means = [s / n for s in sums]
+                    row.append(net.loss(blobs).float().reshape(1))
+            rows.append(torch.cat(row))
+        sizes = [math.prod(net.blob_shapes[b]) for b in net.output_blobs]
+        if self.group is not None:
+            rows = self.group.gather_shared(rows, start, n, sum(sizes) + int(self.sp.test_compute_loss))
+        total = functools.reduce(torch.add, rows)  # in batch order, as one process adds them up
+        means = [t.reshape(net.blob_shapes[b]) for t, b in zip((total[:sum(sizes)] / n).split(sizes), net.output_blobs)]
         if self.sp.test_compute_loss:
-            self._info(f"Test loss: {float(loss) / n:g}")
+            self._info(f"Test loss: {float(total[-1]) / n:g}")
         if self.log is not None:
             self._log_outputs("test", net, means)
         return {name: t.cpu() for name, t in zip(net.output_blobs, means)}
@@ -403,4 +423,6 @@ class Solver:
         self.close()
         self.train_feeds = self._open_feeds(self.train_param, self.train_state, self.iter * self.sp.iter_size)
         tests = solver_nets.tests_before(self.sp, self.iter)
-        self.test_feeds = [self._open_feeds(param, state, tests * n) for param, state, n in self.test_specs]
+        self._test_cursor = [tests * n for _, _, n in self.test_specs]
+        self.test_feeds = [self._open_feeds(p, state, distributed.batches_before(cursor, self.rank, self.world_size))
+                           for (p, state, _), cursor in zip(self.test_specs, self._test_cursor)]

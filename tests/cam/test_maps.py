@@ -322,3 +322,16 @@ def test_collect_inputs_and_stems(tmp_path):
     (tmp_path / "bad.txt").write_text("a/x.png cat\n")
     with pytest.raises(CaffeCamError, match="bad.txt:1"):
         collect_inputs([tmp_path / "bad.txt"])
+
+
+def test_cam_on_cuda_is_ieee_float32_unless_tf32_is_asked_for(cuda_flags):
+    # This torch lets cuDNN round float32 to TF32 by default; a CamModel on CUDA turns that off. The net's move to
+    # the device is patched out (no GPU here): the settings are made before it.
+    net = tiny_net()
+    net.to = lambda *args, **kwargs: net
+    model = CamModel(net, device="cuda")
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert model.precision == "CUDA math: IEEE float32 (TF32 off; --tf32 allows it)"
+    CamModel(net, device="cuda", tf32=True)
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    assert CamModel(tiny_net(), device="cpu").precision == "float32"

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from caffecam.engine.weights import blob_to_array, read_caffemodel
+from caffecam.errors import CaffeCamError
+from caffecam.proto import caffe_pb2
 from scripts import train
 from tests.bombs import OPENCV_MAX_PIXELS, bomb_png
 from tests.solver_helpers import IMAGE_NET, write_images
@@ -170,18 +172,72 @@ def test_gpu_ids_and_relaunch_under_torchrun(monkeypatch):
     assert len(calls) == 1  # one GPU: no relaunch
 
 
+@pytest.fixture
+def four_gpus(monkeypatch):
+    """torch.cuda as on a host whose job sees 4 GPUs; returns the ids set_device was given."""
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train.torch.cuda, "device_count", lambda: 4)
+    chosen = []
+    monkeypatch.setattr(train.torch.cuda, "set_device", chosen.append)
+    return chosen
+
+
+def under_torchrun(monkeypatch, local_rank, local_world, nodes=1):
+    monkeypatch.setenv("RANK", str(local_rank))
+    monkeypatch.setenv("WORLD_SIZE", str(local_world * nodes))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+
+
+def test_gpu_list_is_read_through_the_scheduler_mask(monkeypatch, four_gpus):
+    # A scheduler gave the job physical GPUs 4-7: --gpu 2,3 are the third and fourth of them, physical 6 and 7.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    relaunched = []
+    monkeypatch.setattr(train.distributed, "relaunch", lambda script, argv, n: relaunched.append(n))
+    argv = ["--solver", "s.prototxt", "--gpu", "2,3"]
+    args = train.parse_args(argv)
+    train.maybe_relaunch(args, argv)
+    assert relaunched == [2]
+    sp = caffe_pb2.SolverParameter(solver_mode=caffe_pb2.SolverParameter.GPU)
+    for local_rank, physical in ((0, "6"), (1, "7")):  # each relaunched process, under the same mask
+        under_torchrun(monkeypatch, local_rank, 2)
+        device = train.choose_device(sp, args, local_rank, print)
+        assert os.environ["CUDA_VISIBLE_DEVICES"].split(",")[device.index] == physical
+    assert four_gpus == [2, 3]
+    monkeypatch.delenv("WORLD_SIZE")  # back outside torchrun
+    with pytest.raises(CaffeCamError, match="GPU 7 does not exist"):
+        train.maybe_relaunch(train.parse_args(["--solver", "s", "--gpu", "0,7"]), [])
+    with pytest.raises(CaffeCamError, match="listed twice"):
+        train.gpu_ids("1,1")
+
+
+def test_gpu_list_under_a_torchrun_the_user_started(monkeypatch, four_gpus):
+    sp = caffe_pb2.SolverParameter(solver_mode=caffe_pb2.SolverParameter.GPU)
+    args = train.parse_args(["--solver", "s.prototxt", "--gpu", "3,1"])
+    for local_rank in (0, 1):
+        under_torchrun(monkeypatch, local_rank, 2, nodes=2)
+        assert train.choose_device(sp, args, local_rank, print).index == (3, 1)[local_rank]
+    args = train.parse_args(["--solver", "s.prototxt"])  # no --gpu: one GPU per local rank
+    assert train.choose_device(sp, args, 1, print).index == 1
+    args = train.parse_args(["--solver", "s.prototxt", "--gpu", "0"])
+    with pytest.raises(CaffeCamError, match="--gpu 0 lists 1 GPU.s. for the 2 processes torchrun started"):
+        train.choose_device(sp, args, 1, print)
+
+
 def test_bf16_on_cpu_warns(tmp_path, monkeypatch, capsys):
     solver = setup(tmp_path, monkeypatch, max_iter=1)
-    rc, err = run_main(["--solver", solver, "--cpu", "--bf16", "--workers", "0"], capsys)
-    assert rc == 0 and "--bf16 applies to CUDA only" in err
+    rc, err = run_main(["--solver", solver, "--cpu", "--bf16", "--tf32", "--workers", "0"], capsys)
+    assert rc == 0 and "--bf16 applies to CUDA only" in err and "--tf32 applies to CUDA only" in err
 
 
 def test_resume_command_keeps_the_devices_and_process_count(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    args = train.parse_args(["--solver", "s.prototxt", "--gpu", "0,1", "--log", "my log.txt", "--bf16"])
+    args = train.parse_args(["--solver", "s.prototxt", "--gpu", "0,1", "--log", "my log.txt", "--bf16", "--tf32"])
     cmd = train.resume_command(args, "snap/x_iter_5.solverstate", world=2)
     assert cmd.endswith("--solver s.prototxt --snapshot snap/x_iter_5.solverstate --gpu 0,1 --log 'my log.txt' "
-                        "--bf16")
+                        "--bf16 --tf32")
     assert "torch.distributed.run" not in cmd  # --gpu 0,1 relaunches by itself
     args = train.parse_args(["--solver", "s.prototxt"])  # started by torchrun with 4 processes
     cmd = train.resume_command(args, "x.solverstate", world=4)

@@ -1,5 +1,6 @@
 """Two CPU processes on gloo through torchrun: gradients averaged as Caffe's multi-GPU, ranks agree, and the run
-equals one process with iter_size 2 (rank r takes global batch b·2 + r: the same images as passes 2b and 2b+1)."""
+equals one process with iter_size 2 (rank r takes global batch b·2 + r: the same images as passes 2b and 2b+1).
+The test passes are shared by the ranks (none waits alone in a collective) and give one process's numbers."""
 
 import re
 import subprocess
@@ -19,7 +20,7 @@ NET = IMAGE_NET.replace('layer { name: "drop" type: "Dropout" bottom: "conv" top
 
 def solver_text(prefix, iter_size=1):
     return (f'net: "net.prototxt"\nbase_lr: 0.05\nlr_policy: "step"\ngamma: 0.5\nstepsize: 3\nmomentum: 0.9\n'
-            f"weight_decay: 0.001\nmax_iter: 5\ntest_iter: 1\ntest_interval: 5\ndisplay: 1\nrandom_seed: 11\n"
+            f"weight_decay: 0.001\nmax_iter: 5\ntest_iter: 3\ntest_interval: 5\ndisplay: 1\nrandom_seed: 11\n"
             f'iter_size: {iter_size}\nsnapshot_prefix: "{prefix}/snap"\nsolver_mode: CPU\n')
 
 
@@ -51,3 +52,26 @@ def test_two_gloo_processes_match_iter_size_two(tmp_path, monkeypatch):
     losses = [rx.findall(Path(f"{d}/train.log").read_text()) for d in ("ddp", "one")]
     assert len(losses[0]) == 5
     np.testing.assert_allclose(np.float64(losses[0]), np.float64(losses[1]), rtol=1e-5)
+    # Tests at 0 and 5, 3 batches each: rank 0 runs global test batches 0, 2 then 4; rank 1 runs 1 then 3, 5.
+    # The first pass sees the same weights in both runs, so its numbers are one process's to the bit.
+    rx = re.compile(r"Test net output #\d+: (\S+ = \S+)")
+    tests = [rx.findall(Path(f"{d}/train.log").read_text()) for d in ("ddp", "one")]
+    assert len(tests[0]) == 4 and tests[0][:2] == tests[1][:2]
+    np.testing.assert_allclose([float(t.split()[-1]) for t in tests[0]], [float(t.split()[-1]) for t in tests[1]],
+                               rtol=1e-5)
+
+
+def test_shared_test_batches_cover_each_pass_once():
+    from caffecam.train.distributed import batches_before, shared_batches
+
+    for world in (1, 2, 3, 4):
+        for n in range(1, 9):
+            for passes in range(4):
+                start = passes * n
+                seen = sorted(g for r in range(world) for g in shared_batches(start, n, r, world))
+                assert seen == list(range(start, start + n))
+                for r in range(world):
+                    mine = list(shared_batches(start, n, r, world))
+                    assert all(g % world == r for g in mine)
+                    # where rank r's feed stands after `passes` passes: its batches below `start`
+                    assert batches_before(start, r, world) == sum(1 for g in range(start) if g % world == r)

@@ -45,7 +45,8 @@ def explicit_pool(x, out, kernel, stride, pad, is_max):
     extra_w = max(0, (out[1] - 1) * sw + kw - w - pw)
     if is_max:
         # Caffe starts each max at −FLT_MAX: a window lying wholly past the edge (kernel < stride) yields that.
-        xp = F.pad(x, (pw, extra_w, ph, extra_h), value=-_FLT_MAX)
+        # bfloat16 rounds −FLT_MAX to −inf: there the lowest finite value of the type stands in for it.
+        xp = F.pad(x, (pw, extra_w, ph, extra_h), value=-min(_FLT_MAX, torch.finfo(x.dtype).max))
         return F.max_pool2d(xp, kernel, stride)[..., : out[0], : out[1]]
     xp = F.pad(x, (pw, extra_w, ph, extra_h))
     sums = F.avg_pool2d(xp, kernel, stride, divisor_override=1)[..., : out[0], : out[1]]

@@ -36,7 +36,7 @@ class SoftmaxWithLoss(Layer):
         if self.norm == lp.FULL:
             denom = float(label.numel())
         elif self.norm == lp.VALID:
-            denom = valid.sum().clamp(min=1).to(x.dtype)
+            denom = valid.sum().clamp(min=1).to(scores.dtype)
         elif self.norm == lp.BATCH_SIZE:
             denom = float(math.prod(x.shape[: self.axis]))
         else:
@@ -56,7 +56,8 @@ def _need_one_label_per_prediction(layer, shapes):
 def _scores_and_labels(layer, x, label):
     """Scores as (samples, classes) with classes along `layer.axis`, int64 labels, and which labels count."""
     classes = x.shape[layer.axis]
-    scores = x.movedim(layer.axis, -1).reshape(-1, classes)
+    # At least float32: in bfloat16 near scores tie, 301 valid labels count as 300, the loss sums coarsely.
+    scores = x.movedim(layer.axis, -1).reshape(-1, classes).to(torch.promote_types(x.dtype, torch.float32))
     label = label.reshape(-1).long()
     valid = torch.ones_like(label, dtype=torch.bool) if layer.ignore is None else label != layer.ignore
     # An out-of-range label would be an index error here (a device-side assert on a GPU); Caffe aborts too.
@@ -90,10 +91,10 @@ class Accuracy(Layer):
             # Caffe: correct when fewer than top_k other classes score >= the true class (a tie counts against it;
             # all scores equal is wrong at any top_k < classes).
             correct = ((scores >= true_score).sum(1) - 1 < self.top_k) & valid
-            tops = [correct.sum().to(x.dtype) / valid.sum().clamp(min=1).to(x.dtype)]
+            tops = [correct.sum().to(scores.dtype) / valid.sum().clamp(min=1).to(scores.dtype)]
             if self.per_class:
                 classes = scores.shape[1]
-                seen = torch.bincount(label[valid], minlength=classes).to(x.dtype)
-                right = torch.bincount(label[correct], minlength=classes).to(x.dtype)
+                seen = torch.bincount(label[valid], minlength=classes).to(scores.dtype)
+                right = torch.bincount(label[correct], minlength=classes).to(scores.dtype)
                 tops.append(torch.where(seen > 0, right / seen.clamp(min=1), torch.zeros_like(seen)))
             return tops

@@ -1,0 +1,105 @@
+"""What bfloat16 autocast (`--bf16`) must leave in float32: the scores the loss and Accuracy read and their
+divisions, and LRN; and max pooling's −FLT_MAX, which bfloat16 cannot hold. CPU autocast lowers convolutions and
+matrix products to bfloat16 as CUDA's does, so these run on the CPU. References: float64 NumPy."""
+
+import numpy as np
+import torch
+
+from caffecam.engine.net import Net
+from caffecam.engine.prototxt import parse_text
+from caffecam.proto import caffe_pb2
+from tests import numpy_ref as ref
+from tests.engine.layers.helpers import build
+
+N, K, C, IGNORE = 320, 48, 100, 999
+
+SCORES_NET = f"""
+name: "scores"
+layer {{ name: "data" type: "Input" top: "data" top: "label"
+        input_param {{ shape {{ dim: {N} dim: {K} }} shape {{ dim: {N} }} }} }}
+layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+        inner_product_param {{ num_output: {C} weight_filler {{ type: "gaussian" std: 0.3 }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss"
+        loss_param {{ ignore_label: {IGNORE} }} }}
+layer {{ name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc"
+        accuracy_param {{ ignore_label: {IGNORE} }} }}
+"""
+
+
+def autocast_bf16():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def test_loss_and_accuracy_read_float32_scores_under_bf16_autocast():
+    net = Net(parse_text(SCORES_NET, caffe_pb2.NetParameter), caffe_pb2.TEST, seed=3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, K)).astype(np.float32)
+    w = net.params["fc"][0].detach().double().numpy()
+    b = net.params["fc"][1].detach().double().numpy()
+    scores = x.astype(np.float64) @ w.T + b
+    top2 = np.sort(scores, 1)[:, -2:]
+    assert (top2[:, 1] - top2[:, 0]).min() > 1e-5  # no true near-tie: float32 ranks as float64 does
+    # The data exercises the bug: rounded to bfloat16, some scores tie with or pass the true best.
+    rounded = torch.from_numpy(scores).bfloat16().double().numpy()
+    best = rounded[np.arange(N), scores.argmax(1)]
+    assert ((rounded >= best[:, None]).sum(1) > 1).any()
+    label = scores.argmax(1)
+    label[:100] = np.argsort(scores[:100], 1)[:, 0]  # 100 wrong on purpose (lowest score)
+    label[-19:] = IGNORE  # 301 valid labels: 300 in bfloat16
+    with torch.no_grad(), autocast_bf16():
+        blobs = net({"data": torch.from_numpy(x), "label": torch.from_numpy(label)})
+    assert blobs["acc"].item() == np.float32(201) / np.float32(301)
+    valid = label != IGNORE
+    expect = ref.softmax_loss(scores[valid], label[valid])
+    np.testing.assert_allclose(blobs["loss"].item(), expect, rtol=1e-5)
+    assert blobs["fc"].dtype == torch.float32
+    assert blobs["acc"].dtype == torch.float32 and blobs["loss"].dtype == torch.float32
+
+
+def test_loss_layers_promote_bfloat16_scores():
+    # A bfloat16 net without autocast: the divisions still happen in float32 (301 valid labels stay 301).
+    layer = build("name: 'l' type: 'SoftmaxWithLoss' loss_param { ignore_label: 9 }", [(304, 3), (304,)])
+    scores = torch.zeros(304, 3, dtype=torch.bfloat16)
+    label = torch.zeros(304, dtype=torch.int64)
+    label[:3] = 9
+    (loss,) = layer(scores, label)
+    np.testing.assert_allclose(loss.item(), np.log(3.0), rtol=1e-6)  # 301·log 3 / 301
+    assert loss.dtype == torch.float32
+    acc = build("name: 'a' type: 'Accuracy'", [(48, 2), (48,)])
+    scores = torch.zeros(48, 2, dtype=torch.bfloat16)
+    scores[:37, 0] = 1
+    (a,) = acc(scores, torch.zeros(48, dtype=torch.int64))
+    assert a.item() == np.float32(37) / np.float32(48) and a.dtype == torch.float32  # not bfloat16's 0.7695
+
+
+LRN_NET = """
+name: "lrn"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 16 dim: 5 dim: 5 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 16 kernel_size: 1 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "norm" type: "LRN" bottom: "conv" top: "norm" lrn_param { local_size: 5 alpha: 1 beta: 0.75 k: 1 } }
+"""
+
+
+def test_lrn_runs_in_float32_under_bf16_autocast():
+    net = Net(parse_text(LRN_NET, caffe_pb2.NetParameter), caffe_pb2.TEST, seed=1)
+    x = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 16, 5, 5)).astype(np.float32)) * 2
+    with torch.no_grad(), autocast_bf16():
+        blobs = net({"data": x})
+    assert blobs["conv"].dtype == torch.bfloat16  # the convolution itself is lowered, as on a GPU
+    conv = blobs["conv"].double().numpy()
+    expect = ref.lrn_across(conv, 5, 1.0, 0.75, 1.0)
+    np.testing.assert_allclose(blobs["norm"].double().numpy(), expect, rtol=1e-5, atol=1e-7)
+    assert blobs["norm"].dtype == torch.float32
+
+
+def test_max_pool_window_past_the_edge_stays_finite_in_bfloat16():
+    # kernel 1, stride 3 on 5 pixels: Caffe's third window starts at 6, past the edge, and yields −FLT_MAX, which
+    # bfloat16 rounds to −inf; the lowest finite bfloat16 stands in for it.
+    layer = build("name: 'p' type: 'Pooling' pooling_param { pool: MAX kernel_size: 1 stride: 3 }", [(1, 1, 5, 5)])
+    x = torch.arange(25, dtype=torch.bfloat16).reshape(1, 1, 5, 5)
+    (y,) = layer(x)
+    assert y.shape == (1, 1, 3, 3) and y.dtype == torch.bfloat16
+    assert torch.isfinite(y).all()
+    np.testing.assert_array_equal(y[0, 0, :2, :2].float().numpy(), [[0, 3], [15, 18]])
+    assert (y[0, 0, 2, :].float() == -torch.finfo(torch.bfloat16).max).all()
