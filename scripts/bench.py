@@ -22,6 +22,7 @@ from caffecam.atomic import atomic_write_bytes
 from caffecam.bench import cam as bench_cam
 from caffecam.bench import report as bench_report
 from caffecam.bench import training
+from caffecam.engine import precision
 from caffecam.errors import CaffeCamError, main_guard
 
 CAFFE_REFERENCE = {"images_per_s": 4.6, "batch": 8,
@@ -87,6 +88,7 @@ class Bench:
                               "with tiny batches; its figures do not compare with the goals or the Caffe reference")
         if not self.cuda:
             self.notes.append("no CUDA device used: the GPU entries are null; the loader pipeline ran on the CPU")
+        precision.configure(self.device)  # float32 on the GPU is IEEE float32 unless an entry says TF32
 
     def budget(self, name):
         return BUDGETS_S[name] * self.plan.budget_scale
@@ -122,7 +124,8 @@ class Bench:
                "speed_method": f"median of {steps} steps after the measured one, one child process each",
                "cpu_memory_format": "channels_last", "gpu_fp32_train_step_mb": None, "gpu_fp32_peak_mb": None,
                "gpu_bf16_channels_last_train_step_mb": None, "gpu_bf16_channels_last_peak_mb": None,
-               "gpu_method": "torch.cuda.max_memory_allocated during the step minus memory_allocated before it"}
+               "gpu_method": "torch.cuda.max_memory_allocated during the step minus memory_allocated before it, "
+                             "each configuration alone on the device"}
         return out
 
     def train(self):
@@ -130,7 +133,7 @@ class Bench:
         spec = dict(self.net, batch=p.train_batch)
         configs = {"contiguous": {}, "channels_last": {"channels_last": True},
                    "channels_last_direct": {"channels_last": True, "winograd": False}}
-        cpu, _ = training.train_speeds(spec, configs, p.train_rounds, self.budget("train"))
+        cpu = training.train_speeds(spec, configs, p.train_rounds, self.budget("train"))[0]
         best = max(cpu["contiguous"], cpu["channels_last"])
         out = {"batch": p.train_batch, "cpu_fp32_contiguous_images_per_s": cpu["contiguous"],
                "cpu_fp32_channels_last_images_per_s": cpu["channels_last"],
@@ -140,18 +143,19 @@ class Bench:
                "caffe_reference_images_per_s": CAFFE_REFERENCE["images_per_s"],
                "caffe_reference_batch": CAFFE_REFERENCE["batch"], "caffe_reference": CAFFE_REFERENCE["what"],
                "cpu_vs_caffe": ratio(best, CAFFE_REFERENCE["images_per_s"]), "goal_cpu_vs_caffe": GOALS["cpu_vs_caffe"],
-               "gpu_fp32_images_per_s": None, "gpu_bf16_channels_last_images_per_s": None,
-               "goal_gpu_bf16_images_per_s": GOALS["gpu_bf16_images_per_s"]}
+               "gpu_fp32_images_per_s": None, "gpu_tf32_images_per_s": None,
+               "gpu_bf16_channels_last_images_per_s": None,
+               "goal_gpu_bf16_images_per_s": GOALS["gpu_bf16_images_per_s"],
+               "gpu_precision": {"fp32": "IEEE float32 (TF32 off, the default)", "tf32": "TF32 (--tf32)",
+                                 "bf16_channels_last": "bf16 autocast (--bf16), float32 parts IEEE"}}
         if self.cuda:
-            configs = {"fp32": {}, "bf16_cl": {"channels_last": True, "bf16": True}}
-            gpu, steps = training.train_speeds(spec, configs, p.train_rounds, self.budget("train") / 4, p.gpu_steps,
-                                            self.device)
-            out["gpu_fp32_images_per_s"] = gpu["fp32"]
-            out["gpu_bf16_channels_last_images_per_s"] = gpu["bf16_cl"]
-            for name, key in (("fp32", "gpu_fp32"), ("bf16_cl", "gpu_bf16_channels_last")):
-                step_mb, peak_mb = training.cuda_step_memory_mb(steps[name])
-                self.gpu_memory.update({f"{key}_train_step_mb": step_mb, f"{key}_peak_mb": peak_mb})
-            del steps
+            configs = {"fp32": {}, "tf32": {"tf32": True}, "bf16_channels_last": {"channels_last": True, "bf16": True}}
+            gpu = training.gpu_train(spec, configs, p.train_rounds, self.budget("train") / 8, p.gpu_steps, self.device)
+            for name, figures in gpu.items():
+                out[f"gpu_{name}_images_per_s"] = figures["images_per_s"]
+                if name != "tf32":  # its memory is fp32's
+                    self.gpu_memory.update({f"gpu_{name}_train_step_mb": figures["step_mb"],
+                                            f"gpu_{name}_peak_mb": figures["peak_mb"]})
         return out
 
     def pipeline(self):
@@ -234,6 +238,7 @@ def environment(device, torchcam):
     return {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "device": str(device),
             "cuda_device": torch.cuda.get_device_name(0) if torch.device(device).type == "cuda" else None,
+            "cuda_math": precision.describe(False) if torch.device(device).type == "cuda" else None,
             "torchcam": torchcam[2] if torchcam else None}
 
 
@@ -264,7 +269,8 @@ def report(r):
         f"(×{fmt(m['keep_freed_memory_speedup'], '', 2)})",
         f"  real Caffe 1.0 reference {t['caffe_reference_images_per_s']} (batch {t['caffe_reference_batch']}): "
         f"ours ×{fmt(t['cpu_vs_caffe'], '', 2)} (goal ×{t['goal_cpu_vs_caffe']:g})",
-        f"  GPU fp32                 {fmt(t['gpu_fp32_images_per_s'])}",
+        f"  GPU fp32 (TF32 off)      {fmt(t['gpu_fp32_images_per_s'])}",
+        f"  GPU TF32 (--tf32)        {fmt(t['gpu_tf32_images_per_s'])}",
         f"  GPU bf16 + channels_last {fmt(t['gpu_bf16_channels_last_images_per_s'])}"
         f"   (goal {t['goal_gpu_bf16_images_per_s']:g})",
         f"  JPEG pipeline on {pl['device']} ({pl['precision']}, {pl['workers']} workers): "

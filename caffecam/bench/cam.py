@@ -94,9 +94,22 @@ def torchcam_methods():
     return CAM, GradCAM, getattr(torchcam, "__version__", "?")
 
 
+def overhead_pair(model, batch):
+    """The two sides of the CAM overhead, alike but for the maps: the host batch goes to the device, the net runs,
+    the probabilities (and on the CAM side the maps) come back to the host."""
+    out_blob = model.layers.prob_blob or model.layers.score_blob
+
+    def forward():
+        with torch.inference_mode():
+            return model.forward(model.to_input(batch))[out_blob].float().cpu()
+
+    return {"forward": forward, "cam": lambda: model.run(batch, top_k=1)}
+
+
 def cam_speeds(spec, rounds, budget_s, device):
-    """CamModel.run (top-1 maps on the device) against a plain forward, the per-channel loop, autograd Grad-CAM
-    and torchcam's CAM / GradCAM over one batch; images/s for each, the maps alone in ms, and torchcam agreement."""
+    """CamModel.run (top-1 maps on the device) against a plain forward with the same transfers (overhead_pair), the
+    per-channel loop, autograd Grad-CAM and torchcam's CAM / GradCAM over one batch; images/s for each, the maps
+    alone in ms, and torchcam agreement."""
     model = CamModel(deploy_net(**spec), device=device)
     rng, size = np.random.default_rng(0), spec["input_size"]
     batch = [model.preprocess(synthetic_image(rng, size, size)) for _ in range(spec["batch"])]
@@ -107,17 +120,13 @@ def cam_speeds(spec, rounds, budget_s, device):
     feats = blobs[lay.feature_blob].float().clone()  # clones outside inference mode: usable by autograd
     ids = blobs[lay.score_blob].flatten(1).argmax(1, keepdim=True).clone()
 
-    def forward():
-        with torch.inference_mode():
-            return model.net(x)
-
     def loop():
         with torch.inference_mode():
             b = model.forward(x)
             top = b[lay.score_blob].flatten(1).argmax(1, keepdim=True)
             return loop_cam_maps(b[lay.feature_blob], weight, top)
 
-    fns = {"forward": forward, "cam": lambda: model.run(batch, top_k=1), "loop": loop,
+    fns = {**overhead_pair(model, batch), "loop": loop,
            "gradcam": lambda: gradcam_maps(model.net, x, ids, lay.feature_blob, lay.score_blob)}
     methods, checks = torchcam_methods(), {}
     if methods is not None:

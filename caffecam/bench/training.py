@@ -1,9 +1,10 @@
 """The training measurements of `make bench` (scripts/bench.py): training steps, data loading, memory (inference and
 CAM are in bench/cam.py; the timing helpers both use are in bench/timing.py).
 
-Every ratio compares runs made side by side in one process: the callables are interleaved round by round and each
-figure is the median over the rounds, so a background load slows both sides alike. A training step is the Solver's:
-forward, Caffe's loss, backward, the loss read back (a device sync), then caffecam.sgd's update.
+Every CPU ratio compares runs made side by side in one process: the callables are interleaved round by round and
+each figure is the median over the rounds, so a background load slows both sides alike. On a GPU each configuration
+is measured alone (gpu_train). A training step is the Solver's: forward, Caffe's loss, backward, the loss read back
+(a device sync), then caffecam.sgd's update.
 """
 
 import gc
@@ -24,6 +25,7 @@ from caffecam.allocator import keep_freed_memory
 from caffecam.bench.timing import cuda_sync, default_workers, interleaved, synthetic_image
 from caffecam.data.datum import encode_datum, lmdb_key, write_lmdb
 from caffecam.data.feeds import BatchFeed, loader_throughput
+from caffecam.engine import precision
 from caffecam.engine.kernels import winograd
 from caffecam.engine.net import TRAIN, Net
 from caffecam.errors import CaffeCamError
@@ -65,8 +67,9 @@ class TrainStep:
     """GoogLeNet-CAM (head loss3, Input layer) with Caffe's SGD; calling it runs one training iteration."""
 
     def __init__(self, num_classes, width_div, input_size, batch, device="cpu", channels_last=False, bf16=False,
-                 seed=1, winograd=True):
+                 seed=1, winograd=True, tf32=False):
         self.device, self.channels_last, self.batch = torch.device(device), channels_last, batch
+        precision.configure(self.device, tf32)  # process-wide: the step last built decides
         self.winograd = winograd  # False: every convolution direct, as with `engine: CAFFE` on each layer
         self.bf16 = bf16 and self.device.type == "cuda"
         param = googlenet_cam(num_classes, width_div, input_size, head="loss", batch=batch)
@@ -114,6 +117,24 @@ def train_speeds(spec, configs, rounds, budget_s, steps_per_call=1, device="cpu"
     return {name: steps_per_call * spec["batch"] / t for name, t in times.items()}, steps
 
 
+def gpu_train(spec, configs, rounds, budget_s, steps_per_call, device):
+    """{name: TrainStep kwargs} -> {name: {"images_per_s", "step_mb", "peak_mb"}}, each configuration alone on the
+    GPU: built, timed, its step's memory read, then freed before the next is built, so that no figure counts another
+    configuration's parameters, gradients and history (TF32, a process-wide switch, also rules out interleaving)."""
+    out = {}
+    for name, kw in configs.items():
+        step = TrainStep(**spec, device=device, **kw)
+        seconds = interleaved({name: lambda s=step: [s() for _ in range(steps_per_call)]}, rounds, budget_s,
+                              cuda_sync)[name]
+        step_mb, peak_mb = cuda_step_memory_mb(step)
+        out[name] = {"images_per_s": steps_per_call * spec["batch"] / seconds, "step_mb": step_mb, "peak_mb": peak_mb}
+        del step
+        gc.collect()
+        torch.cuda.empty_cache()
+    precision.configure(device)  # IEEE float32 again for what follows
+    return out
+
+
 def cuda_step_memory_mb(step):
     """(peak CUDA memory one training step allocates beyond what was held before it, the peak in all) in MiB."""
     torch.cuda.synchronize()
@@ -132,20 +153,24 @@ def pipeline_speed(spec, list_path, root, resize, steps, device, workers=None, w
     bf16 autocast + channels_last on CUDA; fp32 + channels_last on the CPU (the faster CPU format).
     """
     device = torch.device(device)
-    step = TrainStep(**spec, device=device, channels_last=True, bf16=device.type == "cuda")
+    cuda = device.type == "cuda"
+    step = TrainStep(**spec, device=device, channels_last=True, bf16=cuda)
     batch = spec["batch"]
     lp = image_data_layers(str(list_path), str(list_path), f"{root}/", resize, spec["input_size"], batch, batch)[0]
     workers = workers or default_workers()
-    feed = BatchFeed(lp, TRAIN, seed=1, workers=workers)
+    feed = BatchFeed(lp, TRAIN, seed=1, workers=workers, pin_memory=cuda)
+    sync = cuda_sync if cuda else (lambda: None)
     try:
         for _ in range(warmup):
             step(step.to_device(feed.next()))
+        sync()
         waited, start = 0.0, time.perf_counter()
         for _ in range(steps):
             t = time.perf_counter()
             inputs = step.to_device(feed.next())
             waited += time.perf_counter() - t
             step(inputs)
+        sync()  # the last update is queued on the device until here
         total = time.perf_counter() - start
     finally:
         feed.close()

@@ -146,6 +146,7 @@ class Net(nn.Module):
         for layer, i, owner, j in shared:
             layer.blobs[i] = owner.blobs[j]
         self.param_specs()  # a shared parameter given two different lr_mult/decay_mult values is an error now
+        self._float32 = _float32_layers(self.layer_params)
 
     def _input_shapes(self, lp, given):
         if lp.type == "Input":

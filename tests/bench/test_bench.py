@@ -24,7 +24,8 @@ SCRIPT = REPO / "scripts" / "bench.py"
 HAS_TORCHCAM = importlib.util.find_spec("torchcam") is not None
 CUDA = torch.cuda.is_available()
 
-GPU_KEYS = {"gpu_fp32_images_per_s", "gpu_bf16_channels_last_images_per_s", "gpu_fp32_train_step_mb",
+GPU_KEYS = {"gpu_fp32_images_per_s", "gpu_tf32_images_per_s", "gpu_bf16_channels_last_images_per_s",
+            "gpu_fp32_train_step_mb",
             "gpu_bf16_channels_last_train_step_mb", "gpu_fp32_peak_mb", "gpu_bf16_channels_last_peak_mb"}
 TORCHCAM_KEYS = {"torchcam_cam_images_per_s", "cam_vs_torchcam_cam", "torchcam_gradcam_images_per_s",
                  "cam_vs_torchcam_gradcam", "torchcam_cam_max_rel_diff", "torchcam_gradcam_max_rel_diff",
@@ -37,7 +38,7 @@ EXPECTED = {
               "cpu_channels_last_speedup", "caffe_reference_images_per_s", "caffe_reference_batch", "cpu_vs_caffe",
               "goal_cpu_vs_caffe", "gpu_fp32_images_per_s", "gpu_bf16_channels_last_images_per_s",
               "goal_gpu_bf16_images_per_s", "pipeline", "cpu_fp32_channels_last_direct_conv_images_per_s",
-              "cpu_winograd_speedup"},
+              "cpu_winograd_speedup", "gpu_tf32_images_per_s", "gpu_precision"},
     "inference": {"batch", "contiguous_images_per_s", "channels_last_images_per_s"},
     "cam": {"batch", "forward_images_per_s", "cam_images_per_s", "cam_overhead_ratio", "goal_cam_overhead_ratio",
             "loop_images_per_s", "cam_vs_loop", "maps_ms", "loop_maps_ms", "maps_vs_loop", "gradcam_images_per_s",
@@ -212,3 +213,97 @@ def test_torchcam_adapter_matches_numpy_cam():
             maps = extractor(class_idx=cls, normalized=False)[0].numpy()
     expect = np.stack([np.tensordot(w[c], feats[i], axes=(0, 0)) for i, c in enumerate(cls)])
     np.testing.assert_allclose(maps, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
+
+
+# ---- the GPU measurements, checked on the CPU with the device's parts patched ------------------------------------
+
+class FakeStep:
+    """Stands in for training.TrainStep: counts the live instances and records what happens, in order."""
+    live, events = 0, []
+
+    def __init__(self, *args, **kwargs):
+        FakeStep.live += 1
+
+    def __del__(self):
+        FakeStep.live -= 1
+
+    def to_device(self, batch):
+        return batch
+
+    def __call__(self, inputs=None):
+        FakeStep.events.append("step")
+        return 0.0
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, cuda_flags):
+    FakeStep.live, FakeStep.events = 0, []
+    monkeypatch.setattr(training, "TrainStep", FakeStep)
+    monkeypatch.setattr(training, "cuda_sync", lambda: FakeStep.events.append("sync"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    return FakeStep
+
+
+def test_gpu_memory_figures_hold_one_configuration_each(fake_gpu, monkeypatch, tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import bench as script
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    alive = []
+
+    def memory(step):
+        alive.append(fake_gpu.live)
+        return 10.0 * len(alive), 100.0 * len(alive)
+
+    monkeypatch.setattr(training, "cuda_step_memory_mb", memory)
+    b = script.Bench(script.QUICK, "cuda", tmp_path)
+    out = b.train()
+    assert alive == [1, 1, 1]  # fp32, tf32 and bf16 each read with no other configuration alive
+    assert (b.gpu_memory["gpu_fp32_train_step_mb"], b.gpu_memory["gpu_bf16_channels_last_peak_mb"]) == (10.0, 300.0)
+    assert out["gpu_tf32_images_per_s"] > 0 and out["gpu_precision"]["fp32"].startswith("IEEE float32")
+    assert not torch.backends.cudnn.allow_tf32  # the TF32 entry does not leave TF32 on for what follows
+
+
+def test_gpu_pipeline_clock_stops_after_the_last_update_is_done(fake_gpu, monkeypatch, tmp_path):
+    class Feed:
+        def __init__(self, *args, **kwargs):
+            self.pin_memory = kwargs.get("pin_memory")
+
+        def next(self):
+            return {}
+
+        def close(self):
+            pass
+
+    ticks = iter(range(1000))
+
+    def clock():
+        fake_gpu.events.append("clock")
+        return next(ticks)
+
+    monkeypatch.setattr(training, "BatchFeed", Feed)
+    monkeypatch.setattr(training, "time", type("T", (), {"perf_counter": staticmethod(clock)}))
+    spec = dict(num_classes=3, width_div=8, input_size=32, batch=2)
+    training.pipeline_speed(spec, tmp_path / "list.txt", tmp_path, 40, steps=2, device="cuda", workers=1)
+    events = fake_gpu.events
+    last_clock = len(events) - 1 - events[::-1].index("clock")
+    assert events[last_clock - 2:last_clock] == ["step", "sync"]
+    first_clock = events.index("clock")
+    assert events[first_clock - 2:first_clock] == ["step", "sync"]  # the warm-up's update is done before the start
+
+
+def test_cam_overhead_sides_make_the_same_transfers(monkeypatch):
+    # Like with like: both sides upload the host batch and read results back; only the maps differ.
+    net = Net(tiny_cam_net(3, 32, batch=2), seed=5)
+    model = CamModel(net, device="cpu")
+    rng = np.random.default_rng(0)
+    batch = [model.preprocess(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
+    uploads, upload = [], model.to_input
+    monkeypatch.setattr(model, "to_input", lambda b: uploads.append(len(b)) or upload(b))
+    sides = bench_cam.overhead_pair(model, batch)
+    probs = sides["forward"]()
+    assert uploads == [2]
+    result = sides["cam"]()
+    assert uploads == [2, 2]
+    np.testing.assert_allclose(probs.numpy().reshape(2, -1), result.all_probs, rtol=1e-6)

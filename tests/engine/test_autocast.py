@@ -1,10 +1,13 @@
 """What bfloat16 autocast (`--bf16`) must leave in float32: the scores the loss and Accuracy read and their
 divisions, and LRN; and max pooling's −FLT_MAX, which bfloat16 cannot hold. CPU autocast lowers convolutions and
-matrix products to bfloat16 as CUDA's does, so these run on the CPU. References: float64 NumPy."""
+matrix products to bfloat16 as CUDA's does, so these run on the CPU (and on CUDA too where there is a device).
+References: float64 NumPy."""
 
 import numpy as np
+import pytest
 import torch
 
+from caffecam.engine import precision
 from caffecam.engine.net import Net
 from caffecam.engine.prototxt import parse_text
 from caffecam.proto import caffe_pb2
@@ -26,11 +29,16 @@ layer {{ name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc"
 """
 
 
-def autocast_bf16():
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def test_loss_and_accuracy_read_float32_scores_under_bf16_autocast():
+def autocast_bf16(device):
+    precision.configure(device)  # IEEE float32 where float32 is asked for
+    return torch.autocast(device, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_loss_and_accuracy_read_float32_scores_under_bf16_autocast(device, cuda_flags):
     net = Net(parse_text(SCORES_NET, caffe_pb2.NetParameter), caffe_pb2.TEST, seed=3)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, K)).astype(np.float32)
@@ -46,8 +54,8 @@ def test_loss_and_accuracy_read_float32_scores_under_bf16_autocast():
     label = scores.argmax(1)
     label[:100] = np.argsort(scores[:100], 1)[:, 0]  # 100 wrong on purpose (lowest score)
     label[-19:] = IGNORE  # 301 valid labels: 300 in bfloat16
-    with torch.no_grad(), autocast_bf16():
-        blobs = net({"data": torch.from_numpy(x), "label": torch.from_numpy(label)})
+    with torch.no_grad(), autocast_bf16(device):
+        blobs = net.to(device)({"data": torch.from_numpy(x).to(device), "label": torch.from_numpy(label).to(device)})
     assert blobs["acc"].item() == np.float32(201) / np.float32(301)
     valid = label != IGNORE
     expect = ref.softmax_loss(scores[valid], label[valid])
@@ -81,15 +89,16 @@ layer { name: "norm" type: "LRN" bottom: "conv" top: "norm" lrn_param { local_si
 """
 
 
-def test_lrn_runs_in_float32_under_bf16_autocast():
-    net = Net(parse_text(LRN_NET, caffe_pb2.NetParameter), caffe_pb2.TEST, seed=1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_lrn_runs_in_float32_under_bf16_autocast(device, cuda_flags):
+    net = Net(parse_text(LRN_NET, caffe_pb2.NetParameter), caffe_pb2.TEST, seed=1).to(device)
     x = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 16, 5, 5)).astype(np.float32)) * 2
-    with torch.no_grad(), autocast_bf16():
-        blobs = net({"data": x})
+    with torch.no_grad(), autocast_bf16(device):
+        blobs = net({"data": x.to(device)})
     assert blobs["conv"].dtype == torch.bfloat16  # the convolution itself is lowered, as on a GPU
-    conv = blobs["conv"].double().numpy()
+    conv = blobs["conv"].double().cpu().numpy()
     expect = ref.lrn_across(conv, 5, 1.0, 0.75, 1.0)
-    np.testing.assert_allclose(blobs["norm"].double().numpy(), expect, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(blobs["norm"].double().cpu().numpy(), expect, rtol=1e-5, atol=1e-7)
     assert blobs["norm"].dtype == torch.float32
 
 
