@@ -29,6 +29,7 @@ from caffecam.errors import CaffeCamError, main_guard
 from caffecam.proto import caffe_pb2
 from caffecam.train import distributed, solver_nets
 from caffecam.train.log import CaffeLogger
+from caffecam.train.prefix_lock import PrefixLock
 from caffecam.train.snapshots import stop_on_signals
 from caffecam.train.solver import Solver
 
@@ -176,18 +177,23 @@ def main(argv=None):
     train_param, _ = solver_nets.train_net(sp, args.solver)
     solver_nets.check_sources([train_param] + [p for p, _, _ in solver_nets.test_nets(sp, args.solver)])
 
-    log_path = Path(args.log) if args.log else Path(solver_nets.snapshot_prefix(sp, args.solver)).parent / "train.log"
+    prefix = solver_nets.snapshot_prefix(sp, args.solver)
+    log_path = Path(args.log) if args.log else Path(prefix).parent / "train.log"
+    # One run per snapshot prefix: a second one would overwrite these snapshots and interleave the log.
+    lock = PrefixLock(prefix, solver_nets.field_line(args.solver, "snapshot_prefix")).acquire() if rank == 0 else None
     progress = Progress(rank == 0 and sys.stderr.isatty(), sp.max_iter, 0, 0)
     logger = None
     if rank == 0:
         logger = CaffeLogger(log_path, stream=progress.write if progress.bar is not None else sys.stderr)
     warn = logger.warning if logger is not None else (lambda msg: None)
-    device = choose_device(sp, args, local_rank, warn)
-    if args.bf16 and device.type != "cuda":
-        warn("--bf16 applies to CUDA only; training in float32 on the CPU")
-    group = distributed.Group(device) if world > 1 else None
-    solver = None
+    if lock is not None and lock.stale:
+        warn(f"{lock.path}: left by pid {lock.stale[1]}, which is no longer running on this host; taken over")
+    solver = group = None
     try:
+        device = choose_device(sp, args, local_rank, warn)
+        if args.bf16 and device.type != "cuda":
+            warn("--bf16 applies to CUDA only; training in float32 on the CPU")
+        group = distributed.Group(device) if world > 1 else None
         if logger is not None:
             logger.info(f"Using {device} ({world} process{'es' if world > 1 else ''}); log file {log_path}")
         workers = args.workers if args.workers is not None else default_workers(world)
@@ -232,6 +238,8 @@ def main(argv=None):
             group.close()
         if logger is not None:
             logger.close()
+        if lock is not None:
+            lock.release()
     return 0
 
 

@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import os
 import re
+import shutil
 import ssl
 import tarfile
 import time
@@ -174,50 +175,96 @@ def download(url, dest_path, sha1=None, progress=True, retries=3, retry_wait=2.0
     return dest
 
 
-def _safe_target(dest_dir, name, archive):
-    target = (dest_dir / name).resolve()
-    if os.path.isabs(name) or not target.is_relative_to(dest_dir):
-        raise CaffeCamError(f"{archive}: member {name!r} would be written outside {dest_dir}; refusing to unpack")
+def _safe_target(base, name, archive):
+    target = (base / name).resolve()
+    if os.path.isabs(name) or not target.is_relative_to(base):
+        raise CaffeCamError(f"{archive}: member {name!r} would be written outside {base.parent}; refusing to unpack")
     return target
+
+
+def _whole(target, size):
+    """A member already unpacked by an interrupted run: files are written front to back, so the full size means
+    the whole file."""
+    return target.is_file() and not target.is_symlink() and target.stat().st_size == size
+
+
+def _unzip(archive, base, bar_off):
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.infolist()
+        for m in members:
+            _safe_target(base, m.filename, archive)
+        for m in tqdm(members, desc=f"unpack {archive.name}", unit="file", disable=bar_off):
+            if m.is_dir() or not _whole(base / m.filename, m.file_size):
+                zf.extract(m, base)
+
+
+def _untar(archive, base, bar_off):
+    with tarfile.open(archive) as tf:
+        for m in tqdm(tf, desc=f"unpack {archive.name}", unit="file", disable=bar_off):
+            _safe_target(base, m.name, archive)
+            if m.issym() or m.islnk():
+                link_base = (base / m.name).parent if m.issym() else base
+                if not (link_base / m.linkname).resolve().is_relative_to(base):
+                    raise CaffeCamError(f"{archive}: link {m.name!r} -> {m.linkname!r} points outside "
+                                        f"{base.parent}; refusing to unpack")
+            if m.isdev():
+                raise CaffeCamError(f"{archive}: member {m.name!r} is a device file; refusing to unpack")
+            if m.isfile() and _whole(base / m.name, m.size):
+                continue
+            tf.extract(m, base, set_attrs=False, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+
+
+def _move_into(src, dst):
+    """Move everything in folder src into folder dst, merging folders both hold (src's files win), then remove
+    src. Where dst lacks a folder, that whole folder moves in one rename."""
+    dst.mkdir(exist_ok=True)
+    for entry in os.scandir(src):
+        target = dst / entry.name
+        if entry.is_dir(follow_symlinks=False) and target.is_dir() and not target.is_symlink():
+            _move_into(Path(entry.path), target)
+        elif target.is_dir() and not target.is_symlink():
+            raise CaffeCamError(f"{target}: is a folder where the archive has a file; move it away and run again")
+        else:
+            os.replace(entry.path, target)
+    src.rmdir()
+
+
+def _unpack_members(archive, base, progress):
+    name, bar_off = archive.name.lower(), None if progress else True
+    try:
+        if name.endswith(".zip"):
+            _unzip(archive, base, bar_off)
+        elif name.endswith((".tar.gz", ".tgz", ".tar")):
+            _untar(archive, base, bar_off)
+        else:
+            raise CaffeCamError(f"{archive}: unknown archive type; expected .zip, .tar or .tar.gz")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        raise CaffeCamError(f"{archive}: damaged archive ({exc}); delete it and fetch it again") from None
 
 
 def unpack_archive(archive, dest_dir, progress=True):
     """Unpack a .zip or .tar(.gz) archive into dest_dir, refusing members (or links) that point outside it.
 
-    A stamp file `.<archive name>.unpacked` records a completed unpack so repeated runs skip it.
+    Members go to the hidden folder `.<archive name>.unpacking` first and move into dest_dir only once all are
+    there, so an unpack that is killed never leaves half a tree under the final names; the next run completes that
+    folder (keeping the members already there whole) and moves it. A stamp file `.<archive name>.unpacked` records
+    a completed unpack so repeated runs skip it.
     """
     archive, dest_dir = Path(archive), Path(dest_dir).resolve()
     stamp = dest_dir / f".{archive.name}.unpacked"
     if stamp.exists():
         print(f"{archive.name}: already unpacked into {dest_dir}; skipped")
         return dest_dir
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    name = archive.name.lower()
+    staging = dest_dir / f".{archive.name}.unpacking"
+    if staging.is_dir():
+        print(f"{archive.name}: finishing the interrupted unpack in {staging}")
+    staging.mkdir(parents=True, exist_ok=True)
     try:
-        if name.endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                members = zf.infolist()
-                for m in members:
-                    _safe_target(dest_dir, m.filename, archive)
-                for m in tqdm(members, desc=f"unpack {archive.name}", unit="file", disable=None if progress else True):
-                    zf.extract(m, dest_dir)
-        elif name.endswith((".tar.gz", ".tgz", ".tar")):
-            with tarfile.open(archive) as tf:
-                for m in tqdm(tf, desc=f"unpack {archive.name}", unit="file", disable=None if progress else True):
-                    _safe_target(dest_dir, m.name, archive)
-                    if m.issym() or m.islnk():
-                        link_base = (dest_dir / m.name).parent if m.issym() else dest_dir
-                        if not (link_base / m.linkname).resolve().is_relative_to(dest_dir):
-                            raise CaffeCamError(f"{archive}: link {m.name!r} -> {m.linkname!r} points outside "
-                                                f"{dest_dir}; refusing to unpack")
-                    if m.isdev():
-                        raise CaffeCamError(f"{archive}: member {m.name!r} is a device file; refusing to unpack")
-                    tf.extract(m, dest_dir, set_attrs=False, **({"filter": "data"} if hasattr(tarfile, "data_filter")
-                                                               else {}))
-        else:
-            raise CaffeCamError(f"{archive}: unknown archive type; expected .zip, .tar or .tar.gz")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
-        raise CaffeCamError(f"{archive}: damaged archive ({exc}); delete it and fetch it again") from None
+        _unpack_members(archive, staging.resolve(), progress)
+    except CaffeCamError:
+        shutil.rmtree(staging, ignore_errors=True)  # an archive refused is not resumed
+        raise
+    _move_into(staging, dest_dir)
     atomic_write_bytes(stamp, b"")
     print(f"{archive.name}: unpacked into {dest_dir}")
     return dest_dir

@@ -1,10 +1,14 @@
 import hashlib
 import io
+import os
 import re
+import signal
 import socket
+import subprocess
 import sys
 import tarfile
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,7 +19,8 @@ import pytest
 from caffecam.data.fetch import download, unpack_archive
 from caffecam.errors import CaffeCamError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
 import fetch as fetch_script  # noqa: E402
 
 
@@ -243,3 +248,45 @@ def test_server_gone_after_partial_download_keeps_part(server, tmp_path):
     with pytest.raises(CaffeCamError, match=r"cannot connect.*30000 bytes kept in .*f\.part, run again to resume"):
         download(server.base + "/f", tmp_path / "f", progress=False)
     assert (tmp_path / "f.part").read_bytes() == body[:30_000] and not (tmp_path / "f").exists()
+
+
+def test_unpack_killed_with_sigkill_is_finished_by_the_next_run(tmp_path):
+    # 120 incompressible members of 256 KiB: the unpack takes long enough to be killed in the middle.
+    rng = np.random.default_rng(3)
+    members = {f"images/{i:03d}.jpg": rng.bytes(256 << 10) for i in range(120)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    dest = tmp_path / "mpii"
+    dest.mkdir()
+    (dest / "mpii_human_pose_v1.tar.gz").write_bytes(buf.getvalue())  # already downloaded: fetch goes on to unpack
+    cmd = [sys.executable, str(ROOT / "scripts/fetch.py"), "mpii_images", "--dest", str(dest), "--unpack",
+           "--no-progress"]
+
+    def unpacked_files():
+        return [p for p in dest.rglob("*.jpg") if p.is_file()]
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(unpacked_files()) < 10 and proc.poll() is None:
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (dest / ".mpii_human_pose_v1.tar.gz.unpacked").exists()  # it was stopped half-way
+    assert 10 <= len(unpacked_files()) < len(members)
+    assert not (dest / "images").exists()  # no half tree under the final names
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "finishing the interrupted unpack" in out.stdout
+    assert sorted(str(p.relative_to(dest)) for p in unpacked_files()) == sorted(members)
+    for name, data in members.items():
+        assert (dest / name).read_bytes() == data
+    assert sorted(p.name for p in dest.iterdir()) == [".mpii_human_pose_v1.tar.gz.unpacked", "images",
+                                                      "mpii_human_pose_v1.tar.gz"]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already unpacked" in again.stdout

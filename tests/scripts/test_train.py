@@ -4,6 +4,7 @@ first, SIGTERM snapshot, NaN stop."""
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -212,3 +213,45 @@ def test_decompression_bomb_in_the_list_snapshots_and_stops_with_one_line(tmp_pa
     log = Path("snapshots/train.log").read_text()
     assert "iterations so far are saved in snapshots/tiny_iter_2.solverstate" in log
     assert Path("snapshots/tiny_iter_2.caffemodel").is_file() and Path("snapshots/tiny_iter_2.solverstate").is_file()
+
+
+def test_second_trainer_on_the_same_prefix_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_path, monkeypatch,
+                                                                                            capsys):
+    setup(tmp_path, monkeypatch, max_iter=2)
+    os.replace("solver.prototxt", "short.prototxt")  # the same snapshot_prefix, 2 iterations
+    solver = setup(tmp_path, monkeypatch, max_iter=100000, extra="snapshot_after_train: false")
+    first = subprocess.Popen([sys.executable, str(ROOT / "scripts/train.py"), "--solver", solver, "--cpu",
+                              "--workers", "0"], stderr=subprocess.DEVNULL)
+    try:
+        log, lock = Path("snapshots/train.log"), Path("snapshots/tiny.lock")
+        deadline = time.time() + 60
+        while time.time() < deadline and not (log.exists() and "Iteration 2 (" in log.read_text()):
+            time.sleep(0.1)
+        assert lock.read_text() == f"{socket.gethostname()} {first.pid}\n"
+        rc, err = run_main(["--solver", "short.prototxt", "--cpu", "--workers", "0"], capsys)
+        assert rc == 1
+        assert err == (f"error: short.prototxt:13: another training run (pid {first.pid} on host "
+                       f"{socket.gethostname()}) is using snapshot prefix 'snapshots/tiny' (lock snapshots/tiny.lock); "
+                       "wait for it to finish, or give this run another snapshot_prefix\n")
+        assert log.read_text().count("Using cpu") == 1 and "another training run" not in log.read_text()
+    finally:
+        first.kill()  # SIGKILL: no clean-up, the lock file stays
+        first.wait(timeout=60)
+    assert lock.read_text() == f"{socket.gethostname()} {first.pid}\n"
+    rc, err = run_main(["--solver", "short.prototxt", "--cpu", "--workers", "0"], capsys)
+    assert rc == 0, err
+    assert f"snapshots/tiny.lock: left by pid {first.pid}, which is no longer running on this host; taken over" in err
+    assert not lock.exists() and Path("snapshots/tiny_iter_2.caffemodel").is_file()
+
+
+def test_a_lock_from_another_host_is_kept_until_deleted(tmp_path, monkeypatch, capsys):
+    solver = setup(tmp_path, monkeypatch, max_iter=1)
+    Path("snapshots").mkdir()
+    Path("snapshots/tiny.lock").write_text("gpu-node-7 4242\n")
+    rc, err = run_main(["--solver", solver, "--cpu", "--workers", "0"], capsys)
+    assert rc == 1 and err == ("error: solver.prototxt:13: snapshots/tiny.lock says a training run (pid 4242 on host "
+                               "gpu-node-7) is using snapshot prefix 'snapshots/tiny'; if that run has ended, delete "
+                               "the lock file and run again\n")
+    Path("snapshots/tiny.lock").unlink()
+    assert run_main(["--solver", solver, "--cpu", "--workers", "0"], capsys)[0] == 0
+    assert not Path("snapshots/tiny.lock").exists()
