@@ -37,7 +37,7 @@ def parse_args(argv):
     p.add_argument("--phase", choices=["TRAIN", "TEST"], default="TEST",
                    help="which phase's layers to include (default: TEST)")
     p.add_argument("--weights", metavar="W",
-                   help="also copy weights from these .caffemodel files (comma-separated), checking that their "
+                   help="also check these .caffemodel files (comma-separated) against the net: that their "
                    "shapes fit, and print the copy report")
     p.add_argument("--json", action="store_true",
                    help='print {"blobs": {name: [dims]}, "params": {layer: [[dims], ...]}, "total_params": N} '
@@ -87,8 +87,9 @@ def main(argv=None):
     args = parse_args(argv)
     input_shapes = dict(parse_input_shape(t) for t in args.input_shape)
     phase = caffe_pb2.TRAIN if args.phase == "TRAIN" else caffe_pb2.TEST
+    # Shapes only: the parameters are meta tensors, so a net far too large for this machine is still described.
     net = Net(read_net(args.prototxt), phase, input_shapes=input_shapes, seed=0, level=args.level,
-              stages=args.stage)
+              stages=args.stage, meta=True)
     if args.weights:
         log = (lambda line: print(line, file=sys.stderr)) if args.json else print
         load_weights(net, args.weights, log=log)

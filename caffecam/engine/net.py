@@ -5,7 +5,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from caffecam.engine import netparam
+from caffecam.engine import memory, netparam
 from caffecam.engine.kernels import winograd
 from caffecam.engine.layers import INPUT_TYPES, make_layer
 from caffecam.engine.prototxt import read_net
@@ -45,9 +45,12 @@ class Net(nn.Module):
     """Build with Net(net_param, phase). forward({blob: tensor}) -> {blob name: tensor} for every blob.
 
     pycaffe-like access: net.params['CAM_fc_14'][0] is the classifier weight; net.blob_shapes gives shapes at set-up.
+    The shapes are worked out first; parameters are allocated (and filled) only once the parameters and blobs are
+    known to fit in the memory left (engine/memory.py). meta=True stops at the shapes: parameters stay meta
+    tensors, which take no memory (net_summary.py).
     """
 
-    def __init__(self, net_param, phase=TEST, input_shapes=None, seed=None, level=0, stages=()):
+    def __init__(self, net_param, phase=TEST, input_shapes=None, seed=None, level=0, stages=(), meta=False):
         super().__init__()
         self.name, self.phase = net_param.name, phase
         state = caffe_pb2.NetState(phase=phase, level=level, stage=list(stages))
@@ -84,7 +87,7 @@ class Net(nn.Module):
                 if top in self.blob_shapes and not (i < len(lp.bottom) and lp.bottom[i] == top):
                     raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): top blob '{top}' is already produced by "
                                         "an earlier layer or input; rename the top")
-            layer = make_layer(lp, bottom_shapes, phase, generator)
+            layer = make_layer(lp, bottom_shapes, phase, generator, materialize=False)
             if lp.type == "ReLU" and list(lp.top) == list(lp.bottom) and producer.get(lp.bottom[0]) in _OVERWRITABLE:
                 layer.inplace = True
             producer.update(dict.fromkeys(lp.bottom))  # read: a later in-place ReLU must not change what it saw
@@ -119,6 +122,20 @@ class Net(nn.Module):
         # Caffe's net outputs: blobs no later layer consumes (an in-place layer's top counts), sorted by name.
         self.output_blobs = sorted(available - set(self.input_blobs))
         self.param_specs()  # a shared parameter given two different lr_mult/decay_mult values is an error now
+        if not meta:
+            memory.check_fits(self)
+            self._materialize(generator)
+
+    def _materialize(self, generator):
+        """Allocate and fill every layer's blobs in net order, each layer drawing from `generator` as Caffe's
+        fillers do (a layer sharing a blob by ParamSpec name draws too, then keeps its owner's blob)."""
+        filled = {}  # id of a meta parameter -> its filled parameter, so that shared blobs stay one tensor
+        for layer in self.layers:
+            for i, value in enumerate(layer.fill_values(generator)):
+                blob = layer.blobs[i]
+                if id(blob) not in filled:
+                    filled[id(blob)] = nn.Parameter(value)
+                layer.blobs[i] = filled[id(blob)]
 
     def _input_shapes(self, lp, given):
         if lp.type == "Input":

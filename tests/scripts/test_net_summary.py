@@ -1,6 +1,8 @@
 """scripts/net_summary.py: text and --json output on a small net with hand-counted shapes, and on GoogLeNet-CAM."""
 
 import json
+import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +28,7 @@ layer { name: "data" type: "Input" top: "data" include { phase: TEST }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
   convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 } }
 layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
-layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 }}
 layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" include { phase: TRAIN } }
 layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" include { phase: TEST } }
@@ -133,3 +135,74 @@ def _prod(dims):
     for d in dims:
         out *= d
     return out
+
+
+# AlexNet's deploy net at a 22700×22700 input. By hand: conv1 floor((22700 − 11)/4) + 1 = 5673; pool1
+# ceil((5673 − 3)/2) + 1 = 2836; conv2 (pad 2, kernel 5) 2836; pool2 ceil(2833/2) + 1 = 1418; conv3-5 (pad 1) 1418;
+# pool5 ceil(1415/2) + 1 = 709. fc6's weight: 4096 × 256·709·709 = 4096 × 128,686,336 floats, 2.1 TB (1.9 TiB).
+HUGE_ALEXNET = """name: "alexnet_huge"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 22700 dim: 22700 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 96 kernel_size: 11 stride: 4 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1" lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 } }
+layer { name: "pool1" type: "Pooling" bottom: "norm1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 }}
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 256 pad: 2 kernel_size: 5 group: 2 } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "norm2" type: "LRN" bottom: "conv2" top: "norm2" lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 } }
+layer { name: "pool2" type: "Pooling" bottom: "norm2" top: "pool2" pooling_param { pool: MAX kernel_size: 3 stride: 2 }}
+layer { name: "conv3" type: "Convolution" bottom: "pool2" top: "conv3"
+        convolution_param { num_output: 384 pad: 1 kernel_size: 3 } }
+layer { name: "relu3" type: "ReLU" bottom: "conv3" top: "conv3" }
+layer { name: "conv4" type: "Convolution" bottom: "conv3" top: "conv4"
+        convolution_param { num_output: 384 pad: 1 kernel_size: 3 group: 2 } }
+layer { name: "relu4" type: "ReLU" bottom: "conv4" top: "conv4" }
+layer { name: "conv5" type: "Convolution" bottom: "conv4" top: "conv5"
+        convolution_param { num_output: 256 pad: 1 kernel_size: 3 group: 2 } }
+layer { name: "relu5" type: "ReLU" bottom: "conv5" top: "conv5" }
+layer { name: "pool5" type: "Pooling" bottom: "conv5" top: "pool5" pooling_param { pool: MAX kernel_size: 3 stride: 2 }}
+layer { name: "fc6" type: "InnerProduct" bottom: "pool5" top: "fc6" inner_product_param { num_output: 4096 } }
+layer { name: "relu6" type: "ReLU" bottom: "fc6" top: "fc6" }
+layer { name: "drop6" type: "Dropout" bottom: "fc6" top: "fc6" dropout_param { dropout_ratio: 0.5 } }
+layer { name: "fc7" type: "InnerProduct" bottom: "fc6" top: "fc7" inner_product_param { num_output: 4096 } }
+layer { name: "fc8" type: "InnerProduct" bottom: "fc7" top: "fc8" inner_product_param { num_output: 1000 } }
+layer { name: "prob" type: "Softmax" bottom: "fc8" top: "prob" }
+"""
+MEMORY_LIMIT = 4 << 30  # address space, as `ulimit -v 4194304` sets it
+
+
+def run_limited(*args):
+    """A script under a 4 GiB address-space limit: an attempt to allocate the net fails at once."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          preexec_fn=limit)
+
+
+def test_terabyte_net_is_summarised_without_allocating_it(tmp_path):
+    (tmp_path / "huge.prototxt").write_text(HUGE_ALEXNET)
+    out = run_limited(SCRIPT, tmp_path / "huge.prototxt", "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(out.stdout)
+    assert data["blobs"]["conv1"] == [1, 96, 5673, 5673] and data["blobs"]["pool2"] == [1, 256, 1418, 1418]
+    assert data["blobs"]["pool5"] == [1, 256, 709, 709] and data["blobs"]["fc6"] == [1, 4096]
+    assert data["params"]["fc6"] == [[4096, 128_686_336], [4096]]
+    assert data["total_params"] > 4096 * 128_686_336
+
+
+def test_a_tool_that_builds_the_terabyte_net_refuses_with_one_line(tmp_path):
+    (tmp_path / "huge.prototxt").write_text(HUGE_ALEXNET)
+    (tmp_path / "w.caffemodel").write_bytes(b"")
+    (tmp_path / "x.png").write_bytes(bytes.fromhex("89504e470d0a1a0a"))  # never read: the net comes first
+    out = run_limited(ROOT / "scripts/cam.py", "--model", tmp_path / "huge.prototxt", "--weights",
+                      tmp_path / "w.caffemodel", "--out", tmp_path / "out", tmp_path / "x.png")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    err = out.stderr.strip().splitlines()
+    # fc6: (4096 × 128,686,336 + 4096 bias) floats + its 4096-float top, 4 bytes each: 1.917 TiB. The blobs add
+    # 15.3 G floats (data 1.55 G, conv1 and norm1 3.09 G each, conv2 and norm2 2.06 G each, ...), 0.056 TiB: 2.0 TiB.
+    assert len(err) == 1 and re.fullmatch(
+        r"error: net 'alexnet_huge' needs 2\.0 TiB for its parameters and blobs but only \d+\.\d [MG]iB of memory "
+        r"is available; the largest is layer 'fc6' \(InnerProduct\) with 1\.9 TiB; use a smaller input size or "
+        r"batch, or fewer outputs in that layer", err[0]), err

@@ -22,10 +22,14 @@ from caffecam.errors import CaffeCamError
 INPUT_TYPES = {"Input", "Data", "ImageData", "HDF5Data", "WindowData"}
 
 
-def make_layer(lp, bottom_shapes, phase, generator=None):
+def make_layer(lp, bottom_shapes, phase, generator=None, materialize=True):
+    """The layer for `lp`; materialize=False leaves its learnable blobs as meta tensors (shapes only)."""
     cls = LAYER_TYPES.get(lp.type)
     if cls is None:
         raise CaffeCamError(
             f"layer '{lp.name}': unknown type '{lp.type}' (supported: {', '.join(sorted(LAYER_TYPES))})"
         )
-    return cls(lp, bottom_shapes, phase, generator)
+    layer = cls(lp, bottom_shapes, phase, generator)
+    if materialize:
+        layer.materialize(generator)
+    return layer

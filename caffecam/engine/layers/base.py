@@ -1,6 +1,7 @@
 """The base of every layer class (set-up checks shared by the layer types) and the helpers that read their
 parameters."""
 
+import torch
 from torch import nn
 
 from caffecam.engine.fillers import fill
@@ -28,13 +29,28 @@ class Layer(nn.Module):
         super().__init__()
         self.name, self.type, self.phase = lp.name, lp.type, phase
         self.blobs = nn.ParameterList()
+        self._fillers = []
         self.top_shapes = self.setup(lp, [tuple(s) for s in bottom_shapes], generator)
 
     def fail(self, what):
         raise CaffeCamError(f"layer '{self.name}' ({self.type}): {what}")
 
     def add_blob(self, shape, filler, generator):
-        self.blobs.append(nn.Parameter(fill(shape, filler, generator, where=f"layer '{self.name}'")))
+        """A learnable blob: at set-up a meta tensor (its shape, the filler checked, no memory, the generator not
+        drawn from); materialize() fills it, in the same order, once the net knows it fits in memory."""
+        where = f"layer '{self.name}'"
+        with torch.device("meta"):
+            self.blobs.append(nn.Parameter(fill(shape, filler, generator, where=where)))
+        self._fillers.append((shape, filler, where))
+
+    def fill_values(self, generator=None):
+        """Fresh values for the blobs add_blob declared, drawn from `generator` in Caffe's order."""
+        return [fill(shape, filler, generator, where=where) for shape, filler, where in self._fillers]
+
+    def materialize(self, generator=None):
+        """Allocate and fill this layer's blobs (a layer built on its own; a Net materialises its layers itself)."""
+        for i, value in enumerate(self.fill_values(generator)):
+            self.blobs[i] = nn.Parameter(value)
 
     def need_hw_pairs(self, p, names):
         """Caffe rejects a lone x_h or x_w for these fields (the other would silently be 0)."""
