@@ -26,12 +26,14 @@ def layer_bytes(net):
     """[(what, bytes)]: the input blobs, then each layer's learnable blobs and the top blobs it makes (a blob an
     in-place layer rewrites counts once). Training doubles it all (Caffe's data and diff)."""
     factor = FLOAT_BYTES * (2 if net.phase == caffe_pb2.TRAIN else 1)
-    seen = set(net.input_blobs)
+    seen, shared = set(net.input_blobs), set()
     out = [("the input blobs", factor * sum(math.prod(net.blob_shapes[b]) for b in seen))]
     for lp, layer in zip(net.layer_params, net.layers):
         new = [t for t in lp.top if t not in seen]
         seen.update(new)
-        count = sum(math.prod(b.shape) for b in layer.blobs) + sum(math.prod(net.blob_shapes[t]) for t in new)
+        params = [p for p in layer.blobs if id(p) not in shared]  # a blob shared by ParamSpec name counts once
+        shared.update(id(p) for p in params)
+        count = sum(math.prod(p.shape) for p in params) + sum(math.prod(net.blob_shapes[t]) for t in new)
         out.append((f"layer '{lp.name}' ({lp.type})", factor * count))
     return out
 

@@ -76,7 +76,7 @@ class Net(nn.Module):
         self.layer_params, self.input_blobs, self.blob_shapes = [], [], OrderedDict()
         self.layers = nn.ModuleList()
         self.loss_weights, self.layer_by_name = OrderedDict(), OrderedDict()
-        owners, shared = {}, []  # ParamSpec name -> (layer name, layer, blob index) of the first layer naming it
+        owners = {}  # ParamSpec name -> (layer name, blob) of the first layer that named it
         producer = {}  # blob -> type of the layer that wrote it last, None once another layer has read it
         available = set()  # Caffe's net outputs: each layer removes its bottoms, then adds its tops
         for name, shape in netparam.legacy_inputs(net_param):
@@ -116,7 +116,7 @@ class Net(nn.Module):
                                     "tops; give one per top blob, or none")
             if len(lp.param) > len(layer.blobs):
                 raise CaffeCamError(f"layer '{lp.name}': {len(lp.param)} param specs for {len(layer.blobs)} blobs")
-            shared += _share_named_params(lp, layer, owners)
+            _share_named_params(lp, layer, owners)
             available.update(lp.top)
             for i, (top, shape) in enumerate(zip(lp.top, layer.top_shapes)):
                 self.blob_shapes[top] = shape
@@ -137,16 +137,22 @@ class Net(nn.Module):
                                 f"net in phase {caffe_pb2.Phase.Name(phase)} (inputs: {', '.join(self.input_blobs)})")
         # Caffe's net outputs: blobs no later layer consumes (an in-place layer's top counts), sorted by name.
         self.output_blobs = sorted(available - set(self.input_blobs))
+        self.param_specs()  # a shared parameter given two different lr_mult/decay_mult values is an error now
         self._float32 = _float32_layers(self.layer_params)
         if not meta:
             memory.check_fits(self)
-            for layer in self.layers:  # in net order: the fillers draw from `generator` as Caffe's do
-                layer.materialize(generator)
-        # Caffe fills a sharing layer's own blobs too (the draws stay in step), then points it at the owner's.
-        for layer, i, owner, j in shared:
-            layer.blobs[i] = owner.blobs[j]
-        self.param_specs()  # a shared parameter given two different lr_mult/decay_mult values is an error now
-        self._float32 = _float32_layers(self.layer_params)
+            self._materialize(generator)
+
+    def _materialize(self, generator):
+        """Allocate and fill every layer's blobs in net order, each layer drawing from `generator` as Caffe's
+        fillers do (a layer sharing a blob by ParamSpec name draws too, then keeps its owner's blob)."""
+        filled = {}  # id of a meta parameter -> its filled parameter, so that shared blobs stay one tensor
+        for layer in self.layers:
+            for i, value in enumerate(layer.fill_values(generator)):
+                blob = layer.blobs[i]
+                if id(blob) not in filled:
+                    filled[id(blob)] = nn.Parameter(value)
+                layer.blobs[i] = filled[id(blob)]
 
     def _input_shapes(self, lp, given):
         if lp.type == "Input":
@@ -279,25 +285,22 @@ class Net(nn.Module):
 def _share_named_params(lp, layer, owners):
     """Caffe's parameter sharing: a blob whose ParamSpec has a name already given by an earlier layer is that
     layer's blob (one tensor: gradients add up, updates apply once). STRICT sharing needs equal shapes;
-    PERMISSIVE only equal counts in Caffe, which here works only when the shapes are equal too. Returns the
-    (layer, index, owner layer, owner index) links; the net makes them once the blobs are materialized."""
-    links = []
+    PERMISSIVE only equal counts in Caffe, which here works only when the shapes are equal too."""
     for i, spec in enumerate(lp.param):
         if not spec.name:
             continue
         if spec.name not in owners:
-            owners[spec.name] = (lp.name, layer, i)
+            owners[spec.name] = (lp.name, layer.blobs[i])
             continue
-        owner_name, owner, j = owners[spec.name]
-        mine, theirs = tuple(layer.blobs[i].shape), tuple(owner.blobs[j].shape)
-        if theirs != mine:
-            if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE and owner.blobs[j].numel() == layer.blobs[i].numel():
-                raise CaffeCamError(f"layer '{lp.name}': param '{spec.name}' is {mine} here, {theirs} in "
+        owner_name, blob = owners[spec.name]
+        mine = tuple(layer.blobs[i].shape)
+        if tuple(blob.shape) != mine:
+            if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE and blob.numel() == layer.blobs[i].numel():
+                raise CaffeCamError(f"layer '{lp.name}': param '{spec.name}' is {mine} here, {tuple(blob.shape)} in "
                                     f"layer '{owner_name}': PERMISSIVE sharing across shapes is not supported")
             raise CaffeCamError(f"layer '{lp.name}': cannot share param '{spec.name}' of layer '{owner_name}': "
-                                f"shape {mine} here, {theirs} there")
-        links.append((layer, i, owner, j))
-    return links
+                                f"shape {mine} here, {tuple(blob.shape)} there")
+        layer.blobs[i] = blob
 
 
 def load_net(path, phase=TEST, **kwargs):

@@ -69,3 +69,24 @@ def test_address_space_limit_is_what_is_available():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert 0 < int(out.stdout) < 3 << 30
+
+
+SHARED = """name: "shared"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }
+layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" }
+        inner_product_param { num_output: 4 bias_term: false weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "b" type: "InnerProduct" bottom: "a" top: "b" param { name: "w" }
+        inner_product_param { num_output: 4 bias_term: false weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "c" type: "InnerProduct" bottom: "b" top: "c"
+        inner_product_param { num_output: 4 bias_term: false weight_filler { type: "gaussian" std: 1 } } }
+"""
+
+
+def test_shared_blob_stays_one_tensor_and_the_sharer_still_draws():
+    built = Net(parse_text(SHARED, caffe_pb2.NetParameter), caffe_pb2.TEST, seed=5)
+    gen = torch.Generator().manual_seed(5)
+    a, _b, c = (torch.empty(4, 4).normal_(0, 1, generator=gen) for _ in range(3))  # b's draw is discarded, as Caffe
+    assert built.params["a"][0] is built.params["b"][0]
+    assert torch.equal(built.params["a"][0], a) and torch.equal(built.params["c"][0], c)
+    assert layer_bytes(built)[2:] == [("layer 'a' (InnerProduct)", 4 * 20), ("layer 'b' (InnerProduct)", 4 * 4),
+                                      ("layer 'c' (InnerProduct)", 4 * 20)]

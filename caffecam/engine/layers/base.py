@@ -43,11 +43,14 @@ class Layer(nn.Module):
             self.blobs.append(nn.Parameter(fill(shape, filler, generator, where=where)))
         self._fillers.append((shape, filler, where))
 
+    def fill_values(self, generator=None):
+        """Fresh values for the blobs add_blob declared, drawn from `generator` in Caffe's order."""
+        return [fill(shape, filler, generator, where=where) for shape, filler, where in self._fillers]
+
     def materialize(self, generator=None):
-        """Allocate and fill the blobs add_blob declared (Caffe's fillers, drawing from `generator`)."""
-        for i, (shape, filler, where) in enumerate(self._fillers):
-            if self.blobs[i].is_meta:
-                self.blobs[i] = nn.Parameter(fill(shape, filler, generator, where=where))
+        """Allocate and fill this layer's blobs (a layer built on its own; a Net materialises its layers itself)."""
+        for i, value in enumerate(self.fill_values(generator)):
+            self.blobs[i] = nn.Parameter(value)
 
     def need_hw_pairs(self, p, names):
         """Caffe rejects a lone x_h or x_w for these fields (the other would silently be 0)."""
