@@ -12,6 +12,7 @@ from caffecam.engine.layers import (  # noqa: F401 (importing a family registers
     loss,
     neuron,
     normalization,
+    pooling,
     routing,
     vision,
 )
