@@ -249,3 +249,96 @@ def eltwise_max_index(xs):
         index = np.where(x > best, k, index)
         best = np.maximum(best, x)
     return index
+
+
+# ---------------------------------------------------------------- vision: N-D convolution, deconvolution, im2col, SPP
+
+def _padded(x, pad):
+    """x (N, C, *spatial) with `pad` zeros on both sides of every spatial axis."""
+    return np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
+
+
+def conv_nd(x, w, b=None, stride=None, pad=None, dilation=None, group=1):
+    """Any number of spatial axes: out[n, o, i…] = Σ_{c, k…} xpad[n, g·C/group + c, i·s + k·d] · w[o, c, k…] + b[o]."""
+    nsp = x.ndim - 2
+    stride, pad, dilation = stride or (1,) * nsp, pad or (0,) * nsp, dilation or (1,) * nsp
+    xp = _padded(x, pad)
+    m, cg = w.shape[:2]
+    out_sp = [conv_out(x.shape[2 + a], w.shape[2 + a], stride[a], pad[a], dilation[a]) for a in range(nsp)]
+    out = np.zeros((x.shape[0], m) + tuple(out_sp))
+    for o in range(m):
+        g = o // (m // group)
+        for pos in np.ndindex(*out_sp):
+            idx = tuple(slice(p * s, p * s + d * (k - 1) + 1, d)
+                        for p, s, d, k in zip(pos, stride, dilation, w.shape[2:]))
+            patch = xp[(slice(None), slice(g * cg, (g + 1) * cg)) + idx]
+            out[(slice(None), o) + pos] = (patch * w[o]).reshape(x.shape[0], -1).sum(axis=1)
+        if b is not None:
+            out[:, o] += b[o]
+    return out
+
+
+def deconv_nd(x, w, b=None, stride=None, pad=None, dilation=None, group=1):
+    """Caffe's Deconvolution (the transpose of convolution): each input cell scatters x[n, c, i…] · w[c, o', k…] to
+    out[n, g·M/group + o', i·s + k·d − pad]; out size = s·(in − 1) + d·(k − 1) + 1 − 2·pad; w is (C, M/group, k…)."""
+    nsp = x.ndim - 2
+    stride, pad, dilation = stride or (1,) * nsp, pad or (0,) * nsp, dilation or (1,) * nsp
+    c, mg = w.shape[:2]
+    kernel = w.shape[2:]
+    full = [s * (n - 1) + d * (k - 1) + 1 for s, n, d, k in zip(stride, x.shape[2:], dilation, kernel)]
+    out = np.zeros((x.shape[0], mg * group) + tuple(full))
+    cg = c // group
+    for ch in range(c):
+        g = ch // cg
+        for pos in np.ndindex(*x.shape[2:]):
+            for k in np.ndindex(*kernel):
+                at = tuple(p * s + kk * d for p, s, kk, d in zip(pos, stride, k, dilation))
+                for o in range(mg):
+                    out[(slice(None), g * mg + o) + at] += x[(slice(None), ch) + pos] * w[(ch, o) + k]
+    out = out[(slice(None), slice(None)) + tuple(slice(p, f - p) for p, f in zip(pad, full))]
+    if b is not None:
+        out += b.reshape((1, -1) + (1,) * nsp)
+    return out
+
+
+def im2col(x, kernel, stride, pad, dilation):
+    """Caffe's column buffer of an (N, C, *spatial) x: row (c, k…) in channel-major, then kernel raster order; each
+    column one output position: col[n, c·∏k + flat(k), i…] = xpad[n, c, i·s + k·d]."""
+    xp = _padded(x, pad)
+    out_sp = [conv_out(n, k, s, p, d) for n, k, s, p, d in zip(x.shape[2:], kernel, stride, pad, dilation)]
+    rows = []
+    for c in range(x.shape[1]):
+        for k in np.ndindex(*kernel):
+            idx = tuple(slice(kk * d, kk * d + (o - 1) * s + 1, s) for kk, d, o, s in zip(k, dilation, out_sp, stride))
+            rows.append(xp[(slice(None), c) + idx])
+    return np.stack(rows, axis=1)
+
+
+def spp(x, height, mode="MAX"):
+    """Caffe's SPP: level i pools with kernel = ceil(size / 2^i), pad = (kernel·2^i − size + 1) // 2, stride = kernel
+    (CEIL rounding); levels flattened and concatenated (height 1: the pooled 4-D top itself)."""
+    h, w = x.shape[2:]
+    tops = []
+    for level in range(height):
+        bins = 2 ** level
+        kh, kw = math.ceil(h / bins), math.ceil(w / bins)
+        ph, pw = (kh * bins - h + 1) // 2, (kw * bins - w + 1) // 2
+        tops.append(pool2d(x, (kh, kw), (kh, kw), (ph, pw), mode))
+    if height == 1:
+        return tops[0]
+    return np.concatenate([t.reshape(x.shape[0], -1) for t in tops], axis=1)
+
+
+def stochastic_pool_test(x, kernel, stride, ceil=True):
+    """Caffe's STOCHASTIC pooling at TEST (pooling_layer.cu): windows from (i·s) clipped at the edge, no padding;
+    top = Σ v² / Σ v over the window, 0 where Σ v ≤ 0."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw) = kernel, stride
+    oh, ow = pool_out(h, kh, sh, 0, ceil), pool_out(w, kw, sw, 0, ceil)
+    out = np.zeros((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            win = x[:, :, i * sh:min(i * sh + kh, h), j * sw:min(j * sw + kw, w)].reshape(n, c, -1)
+            total, squares = win.sum(axis=2), (win ** 2).sum(axis=2)
+            out[:, :, i, j] = np.where(total > 0, squares / np.where(total > 0, total, 1), 0)
+    return out

@@ -1,5 +1,7 @@
 """Caffe's pooling geometry: output sizes, when PyTorch's pooling matches Caffe's, and the explicit fallback."""
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +26,7 @@ def _torch_ceil_out(size, k, s):
     return out
 
 
+@lru_cache(maxsize=1024)
 def pool_plan(hw, kernel, stride, pad, ceil):
     """(Caffe's output size (h, w), whether PyTorch's own pooling computes exactly Caffe's result) for input `hw`."""
     padded = any(pad)
@@ -58,3 +61,14 @@ def explicit_pool(x, out, kernel, stride, pad, is_max):
 
     div = counts(out[0], kh, sh, ph, h)[:, None] * counts(out[1], kw, sw, pw, w)[None, :]
     return sums / div.to(x.device)
+
+
+def caffe_pool(x, kernel, stride, pad, ceil, is_max):
+    """Caffe's MAX or AVE pooling of an N×C×H×W x: PyTorch's own pooling where it computes Caffe's result, the explicit
+    form elsewhere. Arguments are (h, w) tuples; the plan for each input size is worked out once (cached)."""
+    out, fast = pool_plan(tuple(x.shape[-2:]), kernel, stride, pad, ceil)
+    if not fast:
+        return explicit_pool(x, out, kernel, stride, pad, is_max)
+    if is_max:
+        return F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil)
+    return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=ceil, count_include_pad=True)

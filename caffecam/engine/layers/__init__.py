@@ -14,6 +14,7 @@ from caffecam.engine.layers import (  # noqa: F401 (importing a family registers
     loss_distance,
     neuron,
     normalization,
+    pooling,
     recurrent,
     routing,
     vision,

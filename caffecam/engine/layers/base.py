@@ -76,21 +76,6 @@ class Layer(nn.Module):
         return shapes[0]
 
 
-def hw_pair(repeated, single_h, single_w, has_h, default, what, layer):
-    """Resolve Caffe's `x` (repeated, 0/1/2 values) or `x_h`/`x_w` form into (h, w)."""
-    if has_h:
-        if len(repeated):
-            layer.fail(f"give either {what} or {what}_h/{what}_w, not both")
-        return int(single_h), int(single_w)
-    if len(repeated) == 0:
-        return default, default
-    if len(repeated) == 1:
-        return int(repeated[0]), int(repeated[0])
-    if len(repeated) == 2:
-        return int(repeated[0]), int(repeated[1])
-    layer.fail(f"{what} has {len(repeated)} values; only 2-D convolution is supported")
-
-
 def canonical_axis(axis, ndim, layer):
     if not -ndim <= axis < ndim:
         layer.fail(f"axis {axis} out of range for a {ndim}-D blob")

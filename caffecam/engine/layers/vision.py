@@ -1,103 +1,179 @@
-"""Vision layers (Caffe's vision_layers family): Convolution and Pooling."""
+"""Vision layers (Caffe's vision_layers family), convolution side: Convolution, Deconvolution, Im2col, Crop.
+Pooling and SPP are in pooling.py.
+
+Convolution, Deconvolution and Im2col read their geometry from convolution_param as base_conv_layer.cpp does: the
+channel axis is `axis` (default 1), every later axis is spatial (1 to 3 of them here), the axes before it are
+flattened into the batch; kernel_size/stride/pad/dilation give one value for every spatial axis or one each, and
+kernel_h/_w, stride_h/_w, pad_h/_w are the 2-D form.
+"""
+
+import math
 
 import torch.nn.functional as F
 
 from caffecam.engine.kernels import winograd
-from caffecam.engine.kernels.pool_geometry import explicit_pool, pool_plan
-from caffecam.engine.layers.base import Layer, hw_pair, register
+from caffecam.engine.layers.base import Layer, canonical_axis, register
+
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def spatial_values(layer, p, name, hw_name, n, default):
+    """One value per spatial axis from `name` (0 values: default, 1: every axis, n: one each) or hw_name_h/_w."""
+    values = list(getattr(p, name))
+    if hw_name and (p.HasField(f"{hw_name}_h") or p.HasField(f"{hw_name}_w")):
+        if n != 2:
+            layer.fail(f"{hw_name}_h/{hw_name}_w are for 2-D convolution only; this bottom has {n} spatial axes")
+        if values:
+            layer.fail(f"give either {name} or {hw_name}_h/{hw_name}_w, not both")
+        return getattr(p, f"{hw_name}_h"), getattr(p, f"{hw_name}_w")
+    if not values:
+        if default is None:
+            layer.fail(f"{name} is required")
+        return (default,) * n
+    if len(values) not in (1, n):
+        layer.fail(f"{name} has {len(values)} values; give one, or one per spatial axis ({n})")
+    return tuple(int(v) for v in values) * (n if len(values) == 1 else 1)
+
+
+class ConvGeometry(Layer):
+    """Reads convolution_param into self.axis, self.kernel, self.stride, self.pad, self.dilation (per spatial axis)."""
+
+    def read_geometry(self, p, shape, max_spatial=3):
+        self.need_hw_pairs(p, ("kernel", "stride", "pad"))
+        self.axis = canonical_axis(p.axis, len(shape), self)
+        n = len(shape) - self.axis - 1
+        if not 1 <= n <= max_spatial:
+            self.fail(f"channel axis {self.axis} of a {len(shape)}-D bottom {shape} leaves {n} spatial axes; "
+                      f"1 to {max_spatial} are supported")
+        self.kernel = spatial_values(self, p, "kernel_size", "kernel", n, None)
+        self.stride = spatial_values(self, p, "stride", "stride", n, 1)
+        self.pad = spatial_values(self, p, "pad", "pad", n, 0)
+        self.dilation = spatial_values(self, p, "dilation", None, n, 1)
+        self.need_positive(kernel=self.kernel, stride=self.stride, dilation=self.dilation)
+        # kernel extent = dilation·(k − 1) + 1
+        self.extent = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel))
+        return shape[:self.axis], shape[self.axis], shape[self.axis + 1:]
+
+    def conv_out(self, spatial):
+        """out = floor((in + 2·pad − extent) / stride) + 1 per spatial axis."""
+        out = tuple((s + 2 * p - e) // st + 1 for s, p, e, st in zip(spatial, self.pad, self.extent, self.stride))
+        if min(out) < 1:
+            self.fail(f"kernel {self.kernel} (dilation {self.dilation}) does not fit the input {spatial} "
+                      f"(with pad {self.pad})")
+        return out
+
+    def as_batch(self, x):
+        """x with the axes before the channel axis flattened into one batch axis."""
+        return x.reshape((-1,) + tuple(x.shape[self.axis:]))
+
+    def read_learned(self, p, channels, weight_shape, gen):
+        self.group = p.group
+        self.need_positive(group=(self.group,))
+        if p.num_output == 0:
+            self.fail("num_output is required")
+        if channels % self.group or p.num_output % self.group:
+            self.fail(f"channels ({channels}) and num_output ({p.num_output}) must be multiples of group "
+                      f"({self.group})")
+        self.add_blob(weight_shape, p.weight_filler if p.HasField("weight_filler") else None, gen)
+        self.bias_term = p.bias_term
+        if p.bias_term:
+            self.add_blob((p.num_output,), p.bias_filler if p.HasField("bias_filler") else None, gen)
 
 
 @register()
-class Convolution(Layer):
+class Convolution(ConvGeometry):
     def setup(self, lp, shapes, gen):
         p = lp.convolution_param
-        n, c, h, w = self.need_image_bottom(shapes)
-        if p.axis not in (1, -3):
-            self.fail(f"only axis 1 (channels of an N×C×H×W bottom) is supported, got axis {p.axis}")
-        self.need_hw_pairs(p, ("kernel", "stride"))
-        self.kernel = hw_pair(p.kernel_size, p.kernel_h, p.kernel_w, p.HasField("kernel_h"), None, "kernel_size", self)
-        if self.kernel[0] is None:
-            self.fail("kernel_size is required")
-        self.pad = hw_pair(p.pad, p.pad_h, p.pad_w, p.HasField("pad_h") or p.HasField("pad_w"), 0, "pad", self)
-        self.stride = hw_pair(p.stride, p.stride_h, p.stride_w, p.HasField("stride_h"), 1, "stride", self)
-        self.dilation = hw_pair(p.dilation, 0, 0, False, 1, "dilation", self)
-        self.group = p.group
-        self.need_positive(kernel=self.kernel, stride=self.stride, dilation=self.dilation, group=(self.group,))
-        if p.num_output == 0:
-            self.fail("num_output is required")
-        if c % self.group or p.num_output % self.group:
-            self.fail(f"channels ({c}) and num_output ({p.num_output}) must be multiples of group ({self.group})")
-        # out = floor((in + 2·pad − (dilation·(k−1)+1)) / stride) + 1
-        out = [
-            (size + 2 * pd - (dl * (k - 1) + 1)) // st + 1
-            for size, pd, dl, k, st in zip((h, w), self.pad, self.dilation, self.kernel, self.stride)
-        ]
-        if min(out) < 1:
-            self.fail(f"kernel {self.kernel} does not fit the {h}×{w} input (with pad {self.pad})")
-        self.add_blob((p.num_output, c // self.group) + self.kernel, p.weight_filler if p.HasField("weight_filler")
-                      else None, gen)
-        self.bias_term = p.bias_term
+        self.need_bottoms(shapes, 1)
+        lead, c, spatial = self.read_geometry(p, shapes[0])
+        out = self.conv_out(spatial)
+        self.read_learned(p, c, (p.num_output, c // max(p.group, 1)) + self.kernel, gen)
         # engine CAFFE asks for Caffe's own algorithm (direct convolution); DEFAULT and CUDNN let the engine choose.
-        self.winograd_allowed = p.engine != p.CAFFE
-        if p.bias_term:
-            self.add_blob((p.num_output,), p.bias_filler if p.HasField("bias_filler") else None, gen)
-        return [(n, p.num_output, out[0], out[1])]
+        self.winograd_allowed = p.engine != p.CAFFE and len(self.kernel) == 2 and len(shapes[0]) == 4
+        return [lead + (p.num_output,) + out]
 
     def forward(self, x):
         bias = self.blobs[1] if self.bias_term else None
         if self.winograd_allowed and winograd.suits(x, self.blobs[0], self.stride, self.pad, self.dilation,
                                                     self.group):
             return [winograd.conv3x3(x, self.blobs[0], bias, self.group)]
-        return [F.conv2d(x, self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)]
+        conv = CONV[len(self.kernel)]
+        y = conv(self.as_batch(x), self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)
+        return [y.reshape(tuple(x.shape[:self.axis]) + tuple(y.shape[1:]))]
 
 
 @register()
-class Pooling(Layer):
+class Deconvolution(ConvGeometry):
+    """The adjoint of Convolution: weight (C_in, num_output / group, k…), deconv_layer.cpp's output size
+    out = stride·(in − 1) + dilation·(k − 1) + 1 − 2·pad."""
+
     def setup(self, lp, shapes, gen):
-        p = lp.pooling_param
-        n, c, h, w = self.need_image_bottom(shapes)
-        if p.pool == p.STOCHASTIC:
-            self.fail("STOCHASTIC pooling is not supported")
-        self.max, self.global_pooling = p.pool == p.MAX, p.global_pooling
-        for name in ("pad", "stride"):
-            if p.HasField(name) and p.HasField(f"{name}_h"):
-                self.fail(f"give either {name} or {name}_h/{name}_w, not both")
-        if p.global_pooling:
-            if any(p.HasField(f) for f in ("kernel_size", "kernel_h", "kernel_w")):
-                self.fail("global_pooling sets the kernel to the input size; remove kernel_size")
-            if p.pad or p.pad_h or p.pad_w or p.stride != 1 or p.stride_h > 1 or p.stride_w > 1:
-                self.fail("global_pooling allows only pad 0 and stride 1")
-            self.kernel, self.pad, self.stride = (h, w), (0, 0), (1, 1)
-        else:
-            self.need_hw_pairs(p, ("kernel", "stride", "pad"))
-            has_hw = p.HasField("kernel_h")
-            if has_hw != p.HasField("kernel_w") or has_hw == p.HasField("kernel_size"):
-                self.fail("give kernel_size, or both kernel_h and kernel_w")
-            self.kernel = (p.kernel_h, p.kernel_w) if p.HasField("kernel_h") else (p.kernel_size,) * 2
-            self.pad = (p.pad_h, p.pad_w) if p.HasField("pad_h") or p.HasField("pad_w") else (p.pad,) * 2
-            self.stride = (p.stride_h, p.stride_w) if p.HasField("stride_h") else (p.stride,) * 2
-            self.need_positive(kernel=self.kernel, stride=self.stride)
-        if any(pd >= k for pd, k in zip(self.pad, self.kernel)):
-            self.fail(f"pad {self.pad} must be smaller than kernel {self.kernel}")
-        self.ceil = p.round_mode == p.CEIL
-        # Per input size: (output size, whether PyTorch's pooling matches Caffe's); worked out once, not every step.
-        self._plans = {(h, w): pool_plan((h, w), self.kernel, self.stride, self.pad, self.ceil)}
-        out = self._plans[(h, w)][0]
+        p = lp.convolution_param
+        self.need_bottoms(shapes, 1)
+        lead, c, spatial = self.read_geometry(p, shapes[0])
+        out = tuple(st * (s - 1) + e - 2 * pd for s, st, e, pd in zip(spatial, self.stride, self.extent, self.pad))
         if min(out) < 1:
-            self.fail(f"kernel {self.kernel} does not fit the {h}×{w} input")
-        return [(n, c) + out]
+            self.fail(f"output size {out} is empty: pad {self.pad} is too large for input {spatial}")
+        self.read_learned(p, c, (c, p.num_output // max(p.group, 1)) + self.kernel, gen)
+        return [lead + (p.num_output,) + out]
 
     def forward(self, x):
-        if self.global_pooling:
-            # The kernel is whatever size the input has now (Caffe reshapes it on every forward).
-            return [(F.max_pool2d if self.max else F.avg_pool2d)(x, tuple(x.shape[-2:]))]
-        hw = tuple(x.shape[-2:])
-        plan = self._plans.get(hw)
-        if plan is None:
-            plan = self._plans[hw] = pool_plan(hw, self.kernel, self.stride, self.pad, self.ceil)
-        out, fast = plan
-        if not fast:
-            return [explicit_pool(x, out, self.kernel, self.stride, self.pad, self.max)]
-        if self.max:
-            return [F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil)]
-        return [F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, count_include_pad=True)]
+        bias = self.blobs[1] if self.bias_term else None
+        conv_t = CONV_T[len(self.kernel)]
+        y = conv_t(self.as_batch(x), self.blobs[0], bias, self.stride, self.pad, 0, self.group, self.dilation)
+        return [y.reshape(tuple(x.shape[:self.axis]) + tuple(y.shape[1:]))]
+
+
+@register()
+class Im2col(ConvGeometry):
+    """im2col_layer.cpp: each output position's receptive field as channels, C·∏k of them ordered channel-major, then
+    kernel rows, then kernel columns (Caffe's column buffer, as convolution uses it); zero padding."""
+
+    def setup(self, lp, shapes, gen):
+        p = lp.convolution_param
+        self.need_bottoms(shapes, 1)
+        lead, c, spatial = self.read_geometry(p, shapes[0], max_spatial=2)
+        return [lead + (c * math.prod(self.kernel),) + self.conv_out(spatial)]
+
+    def forward(self, x):
+        xb = self.as_batch(x)
+        unit = (1,) * (2 - len(self.kernel))  # a 1-D bottom runs as 2-D with a unit height
+        cols = F.unfold(xb.reshape(tuple(xb.shape[:2]) + unit + tuple(xb.shape[2:])), unit + self.kernel,
+                        unit + self.dilation, (0,) * len(unit) + self.pad, unit + self.stride)
+        out = self.conv_out(tuple(x.shape[self.axis + 1:]))
+        return [cols.reshape(tuple(x.shape[:self.axis]) + (cols.shape[1],) + out)]
+
+
+@register()
+class Crop(Layer):
+    """crop_layer.cpp: bottom 0 cut to the shape of bottom 1 on every axis from `axis` (default 2) on, starting at
+    `offset` (none: 0, one: all those axes, else one per axis); earlier axes keep bottom 0's size. Only bottom 0
+    gets a gradient (zero outside the crop)."""
+
+    def setup(self, lp, shapes, gen):
+        p = lp.crop_param
+        self.need_bottoms(shapes, 2)
+        data, ref = shapes
+        if len(data) != len(ref):
+            self.fail(f"both bottoms need the same number of axes, got {data} and {ref}")
+        axis = canonical_axis(p.axis, len(data), self)
+        offsets = list(p.offset)
+        if len(offsets) > 1 and len(offsets) != len(data) - axis:
+            self.fail(f"{len(offsets)} offsets for the {len(data) - axis} axes from axis {axis}; give one, or one "
+                      "per axis")
+        self.slices, out = [], []
+        for i, (size, want) in enumerate(zip(data, ref)):
+            if i < axis:
+                self.slices.append(slice(None))
+                out.append(size)
+                continue
+            off = offsets[0] if len(offsets) == 1 else offsets[i - axis] if offsets else 0
+            if size - off < want:
+                self.fail(f"the crop of axis {i} (size {want} at offset {off}) falls outside bottom 0's size {size}")
+            self.slices.append(slice(off, off + want))
+            out.append(want)
+        return [tuple(out)]
+
+    def forward(self, x, ref):
+        return [x[tuple(self.slices)]]

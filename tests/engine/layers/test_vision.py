@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from caffecam.engine.kernels.pool_geometry import caffe_pool_out
 from caffecam.engine.prototxt import parse_text
 from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
 from tests import numpy_ref as ref
-from tests.engine.layers.helpers import ATOL, RTOL, build, close, gradcheck_layer, rand, run, set_blobs
+from tests.engine.layers.helpers import build, close, gradcheck_layer, rand, run, set_blobs
 
 # ---------------------------------------------------------------- Convolution
 
@@ -87,103 +86,6 @@ def test_convolution_errors_name_layer(params, shape, needle):
         build(f"name: 'myconv' type: 'Convolution' convolution_param {{ {params} }}", [shape])
 
 
-# ---------------------------------------------------------------- Pooling
-
-POOL_CASES = [
-    # (pooling_param text without `pool`, input shape, kernel, stride, pad, ceil)
-    ("kernel_size: 3 stride: 2 pad: 1", (2, 3, 7, 7), (3, 3), (2, 2), (1, 1), True),
-    ("kernel_size: 3 stride: 2", (1, 2, 6, 6), (3, 3), (2, 2), (0, 0), True),
-    ("kernel_size: 3 stride: 2", (1, 2, 112, 112), (3, 3), (2, 2), (0, 0), True),
-    ("kernel_size: 3 stride: 1 pad: 1", (1, 2, 5, 6), (3, 3), (1, 1), (1, 1), True),
-    ("kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 1", (1, 2, 5, 7), (3, 2), (2, 3), (1, 1), True),
-    ("kernel_h: 2 kernel_w: 4 stride: 2", (2, 1, 5, 7), (2, 4), (2, 2), (0, 0), True),
-    ("kernel_size: 3 stride: 2 round_mode: FLOOR", (1, 2, 6, 6), (3, 3), (2, 2), (0, 0), False),
-    ("kernel_size: 3 stride: 2 pad: 1 round_mode: FLOOR", (1, 2, 8, 7), (3, 3), (2, 2), (1, 1), False),
-    ("kernel_size: 3 stride: 1 pad: 2", (1, 2, 5, 5), (3, 3), (1, 1), (2, 2), True),  # pad > k/2: explicit path
-    ("kernel_size: 2 stride: 3 pad: 1", (1, 2, 7, 8), (2, 2), (3, 3), (1, 1), True),  # k < s with pad
-    ("kernel_size: 4 stride: 3 pad: 2", (1, 1, 10, 9), (4, 4), (3, 3), (2, 2), True),
-    ("kernel_size: 1 stride: 2", (1, 1, 5, 5), (1, 1), (2, 2), (0, 0), True),  # k < s, sizes agree with PyTorch
-    # pad_h only: Caffe's last-window clip (`if (pad_h_ || pad_w_)`) also trims the unpadded width 3 -> 2.
-    ("kernel_h: 3 kernel_w: 1 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 0", (1, 2, 5, 6), (3, 1), (2, 3), (1, 0), True),
-    ("kernel_h: 2 kernel_w: 2 stride_h: 3 stride_w: 3 pad_h: 0 pad_w: 1", (1, 2, 6, 5), (2, 2), (3, 3), (0, 1), True),
-]
-
-
-@pytest.mark.parametrize("mode", ["MAX", "AVE"])
-@pytest.mark.parametrize("params,shape,kernel,stride,pad,ceil", POOL_CASES)
-def test_pooling_matches_reference(mode, params, shape, kernel, stride, pad, ceil):
-    layer = build(f"name: 'p' type: 'Pooling' pooling_param {{ pool: {mode} {params} }}", [shape])
-    x = rand(*shape, seed=4)
-    (y,) = run(layer, x)
-    expect = ref.pool2d(x, kernel, stride, pad, mode, ceil)
-    assert layer.top_shapes == [expect.shape]
-    assert y.shape == expect.shape
-    close(y, expect)
-
-
-@pytest.mark.parametrize("mode", ["MAX", "AVE"])
-def test_pooling_kernel_smaller_than_stride_where_pytorch_differs(mode):
-    # 6 wide, kernel 1 (or 2), stride 3, no pad: Caffe's ceil gives 3 outputs, PyTorch's ceil_mode gives 2 because
-    # the third window starts at the edge. Caffe keeps it: an empty window (MAX: −FLT_MAX, AVE: 0/0).
-    for k in (1, 2):
-        shape = (1, 2, 6, 7)
-        layer = build(f"name: 'p' type: 'Pooling' pooling_param {{ pool: {mode} kernel_size: {k} stride: 3 }}",
-                      [shape])
-        assert layer.top_shapes == [(1, 2, 3, 3)]
-        x = rand(*shape, seed=5)
-        (y,) = run(layer, x)
-        expect = ref.pool2d(x, (k, k), (3, 3), (0, 0), mode)
-        assert y.shape == expect.shape == (1, 2, 3, 3)
-        close(y[:, :, :2, :], expect[:, :, :2, :])
-        if mode == "MAX":
-            close(y, expect)
-        else:
-            assert np.isnan(y[:, :, 2, :]).all()
-
-
-def test_pooling_global():
-    x = rand(2, 3, 5, 7, seed=6)
-    for mode, fn in (("MAX", np.max), ("AVE", np.mean)):
-        layer = build(f"name: 'g' type: 'Pooling' pooling_param {{ pool: {mode} global_pooling: true }}",
-                      [x.shape])
-        assert layer.top_shapes == [(2, 3, 1, 1)]
-        (y,) = run(layer, x)
-        close(y, fn(x, axis=(2, 3), keepdims=True))
-        # Another input size (a fully convolutional net fed a bigger image): the kernel follows it, as in Caffe.
-        x2 = rand(2, 3, 9, 4, seed=7)
-        (y2,) = run(layer, x2)
-        close(y2, fn(x2, axis=(2, 3), keepdims=True))
-
-
-def test_pooling_never_picks_padding():
-    x = -np.abs(rand(1, 1, 5, 5, seed=7)) - 1.0  # all negative: a padded zero would win a MAX
-    layer = build("name: 'p' type: 'Pooling' pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }", [x.shape])
-    (y,) = run(layer, x)
-    assert (y < 0).all()
-    close(y, ref.pool2d(x, (3, 3), (2, 2), (1, 1)))
-
-
-def test_caffe_pool_out_sweep_and_googlenet_sizes():
-    for size in range(1, 16):
-        for k in range(1, 6):
-            for s in range(1, 5):
-                for p in range(0, k):
-                    if size + 2 * p < k:
-                        continue
-                    for ceil in (True, False):
-                        assert caffe_pool_out(size, k, s, p, ceil) == ref.pool_out(size, k, s, p, ceil)
-    # GoogLeNet at 224: pool1 112 -> 56, pool2 56 -> 28, pool3 28 -> 14, CAM_pool 14 -> 1.
-    assert [caffe_pool_out(n, 3, 2, 0) for n in (112, 56, 28)] == [56, 28, 14]
-    assert caffe_pool_out(14, 14, 14, 0) == 1
-    # Width 6, kernel 1, stride 3, pad 0: 3 windows alone, 2 in a layer padded along the other dimension.
-    assert caffe_pool_out(6, 1, 3, 0) == 3 and caffe_pool_out(6, 1, 3, 0, padded=True) == 2
-
-
-def test_pooling_pad_not_below_kernel_is_an_error():
-    with pytest.raises(CaffeCamError, match="'pp'"):
-        build("name: 'pp' type: 'Pooling' pooling_param { kernel_size: 2 pad: 2 }", [(1, 1, 5, 5)])
-
-
 def test_gradcheck_convolution():
     layer = build("name: 'c' type: 'Convolution' convolution_param { num_output: 2 kernel_size: 2 pad: 1 stride: 2 "
                   "dilation: 2 group: 2 weight_filler { type: 'gaussian' std: 0.5 } "
@@ -191,34 +93,179 @@ def test_gradcheck_convolution():
     gradcheck_layer(layer, torch.from_numpy(rand(1, 2, 4, 3, seed=40)))
 
 
-@pytest.mark.parametrize("params,shape", [
-    ("pool: MAX kernel_size: 3 stride: 2 pad: 1", (1, 2, 5, 5)),
-    ("pool: MAX kernel_size: 3 stride: 1 pad: 2", (1, 1, 4, 4)),
-    ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (1, 2, 5, 5)),
-    ("pool: AVE kernel_size: 3 stride: 1 pad: 2", (1, 1, 4, 4)),
-    ("pool: AVE kernel_size: 3 stride: 2 round_mode: FLOOR", (1, 1, 6, 6)),
+# ---------------------------------------------------------------- N-D and axis (base_conv_layer.cpp's geometry)
+
+ND_CASES = [
+    # (convolution_param text, input shape, kernel, stride, pad, dilation, group)
+    ("num_output: 3 kernel_size: 3 pad: 1 stride: 2", (2, 2, 9), (3,), (2,), (1,), (1,), 1),
+    ("num_output: 4 kernel_size: 2 dilation: 2 group: 2", (1, 2, 7), (2,), (1,), (0,), (2,), 2),
+    ("num_output: 2 kernel_size: 2 kernel_size: 3 kernel_size: 1 stride: 1 stride: 2 stride: 1 pad: 1",
+     (1, 2, 4, 5, 3), (2, 3, 1), (1, 2, 1), (1, 1, 1), (1, 1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("params,shape,kernel,stride,pad,dilation,group", ND_CASES)
+def test_convolution_1d_and_3d(params, shape, kernel, stride, pad, dilation, group):
+    layer = build(f"name: 'c' type: 'Convolution' convolution_param {{ {params} }}", [shape])
+    m = layer.top_shapes[0][1]
+    weight, bias = rand(m, shape[1] // group, *kernel, seed=50), rand(m, seed=51)
+    assert tuple(layer.blobs[0].shape) == weight.shape
+    set_blobs(layer, weight, bias)
+    x = rand(*shape, seed=52)
+    (y,) = run(layer, x)
+    expect = ref.conv_nd(x, weight, bias, stride, pad, dilation, group)
+    assert layer.top_shapes == [expect.shape]
+    close(y, expect)
+
+
+def test_convolution_axis_2_flattens_leading_axes():
+    # axis 2 of a 5-D bottom: channels are axis 2, axes 0 and 1 both index images (Caffe's num_ = count(0, axis)).
+    x = rand(2, 3, 4, 5, 6, seed=53)
+    layer = build("name: 'c' type: 'Convolution' convolution_param { num_output: 2 kernel_size: 3 axis: 2 }",
+                  [x.shape])
+    weight, bias = rand(2, 4, 3, 3, seed=54), rand(2, seed=55)
+    set_blobs(layer, weight, bias)
+    (y,) = run(layer, x)
+    expect = ref.conv2d(x.reshape(6, 4, 5, 6), weight, bias).reshape(2, 3, 2, 3, 4)
+    assert layer.top_shapes == [expect.shape]
+    close(y, expect)
+
+
+@pytest.mark.parametrize("type_,params,shape,needle", [
+    ("Convolution", "num_output: 1 kernel_size: 1", (1, 1, 2, 2, 2, 2), "4 spatial axes"),
+    ("Convolution", "num_output: 1 kernel_size: 1 axis: 3", (1, 1, 2, 2), "0 spatial axes"),
+    ("Convolution", "num_output: 1 kernel_h: 1 kernel_w: 1", (1, 1, 2), "2-D convolution only"),
+    ("Convolution", "num_output: 1 kernel_size: 1 kernel_size: 1", (1, 1, 2, 2, 2), "one per spatial axis"),
+    ("Convolution", "num_output: 1 kernel_size: 1 axis: 5", (1, 1, 2, 2), "axis 5"),
+    ("Deconvolution", "num_output: 1 kernel_size: 1 pad: 1", (1, 1, 2, 2), "empty"),
+    ("Im2col", "kernel_size: 1", (1, 1, 2, 2, 2), "1 to 2"),
 ])
-def test_gradcheck_pooling(params, shape):
-    layer = build(f"name: 'p' type: 'Pooling' pooling_param {{ {params} }}", [shape])
-    gradcheck_layer(layer, torch.from_numpy(rand(*shape, seed=41)), with_params=False)
+def test_geometry_errors_are_one_line(type_, params, shape, needle):
+    with pytest.raises(CaffeCamError, match=rf"'g' \({type_}\).*{needle}"):
+        build(f"name: 'g' type: '{type_}' convolution_param {{ {params} }}", [shape])
 
 
-def test_pooling_random_geometries_match_reference():
-    # 200 seeded random geometries: rectangular kernels, per-dimension stride/pad, CEIL and FLOOR, both modes.
-    rng = np.random.default_rng(123)
-    checked = 0
-    while checked < 200:
-        h, w, kh, kw, sh, sw = (int(v) for v in rng.integers(1, [10, 10, 6, 6, 5, 5]))
-        ph, pw = int(rng.integers(0, kh)), int(rng.integers(0, kw))
-        if h + 2 * ph < kh or w + 2 * pw < kw:
-            continue
-        mode, ceil = ("MAX", "AVE")[checked % 2], bool(rng.random() < 0.7)
-        layer = build(f"name: 'p' type: 'Pooling' pooling_param {{ pool: {mode} kernel_h: {kh} kernel_w: {kw} "
-                      f"stride_h: {sh} stride_w: {sw} pad_h: {ph} pad_w: {pw} "
-                      f"round_mode: {'CEIL' if ceil else 'FLOOR'} }}", [(1, 2, h, w)])
-        x = rng.standard_normal((1, 2, h, w))
-        (y,) = run(layer, x)
-        expect = ref.pool2d(x, (kh, kw), (sh, sw), (ph, pw), mode, ceil)
-        assert layer.top_shapes == [expect.shape] and y.shape == expect.shape, (kh, kw, sh, sw, ph, pw, h, w)
-        np.testing.assert_allclose(y, expect, rtol=RTOL, atol=ATOL, equal_nan=True)
-        checked += 1
+# ---------------------------------------------------------------- Deconvolution
+
+DECONV_CASES = [
+    # (convolution_param text, input shape, kernel, stride, pad, dilation, group)
+    ("num_output: 3 kernel_size: 3 stride: 2 pad: 1", (2, 2, 4, 3), (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    ("num_output: 2 kernel_size: 4 stride: 2 pad: 1 bias_term: false", (1, 3, 3, 3), (4, 4), (2, 2), (1, 1),
+     (1, 1), 1),
+    ("num_output: 4 kernel_size: 3 group: 2", (1, 4, 3, 2), (3, 3), (1, 1), (0, 0), (1, 1), 2),
+    ("num_output: 2 kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 3 pad_h: 1 pad_w: 0 dilation: 2", (1, 2, 4, 3),
+     (3, 2), (1, 3), (1, 0), (2, 2), 1),
+    ("num_output: 2 kernel_size: 3 stride: 2", (1, 2, 5), (3,), (2,), (0,), (1,), 1),
+]
+
+
+@pytest.mark.parametrize("params,shape,kernel,stride,pad,dilation,group", DECONV_CASES)
+def test_deconvolution_matches_reference(params, shape, kernel, stride, pad, dilation, group):
+    layer = build(f"name: 'd' type: 'Deconvolution' convolution_param {{ {params} }}", [shape])
+    m, c = layer.top_shapes[0][1], shape[1]
+    # Caffe's weight shape is (C_in, num_output / group, k…) and its output size s·(in − 1) + d·(k − 1) + 1 − 2·pad.
+    assert tuple(layer.blobs[0].shape) == (c, m // group) + kernel
+    assert layer.top_shapes[0][2:] == tuple(s * (n - 1) + d * (k - 1) + 1 - 2 * p
+                                            for s, n, d, k, p in zip(stride, shape[2:], dilation, kernel, pad))
+    weight, bias = rand(c, m // group, *kernel, seed=56), rand(m, seed=57)
+    set_blobs(layer, weight, bias)
+    x = rand(*shape, seed=58)
+    (y,) = run(layer, x)
+    expect = ref.deconv_nd(x, weight, bias if "bias_term: false" not in params else None, stride, pad, dilation,
+                           group)
+    assert layer.top_shapes == [expect.shape]
+    close(y, expect)
+
+
+def test_deconvolution_is_the_adjoint_of_convolution():
+    # <conv(x), y> = <x, deconv(y)> with the same weight and geometry: an independent check of the reference too.
+    geometry = "num_output: 3 kernel_size: 3 stride: 2 pad: 1 group: 1 bias_term: false"
+    conv = build(f"name: 'c' type: 'Convolution' convolution_param {{ {geometry} }}", [(1, 2, 7, 7)])
+    deconv = build(f"name: 'd' type: 'Deconvolution' convolution_param {{ {geometry.replace('3 k', '2 k')} }}",
+                   [(1, 3, 4, 4)])
+    weight = rand(3, 2, 3, 3, seed=59)
+    set_blobs(conv, weight)
+    set_blobs(deconv, weight)
+    x, y = rand(1, 2, 7, 7, seed=60), rand(1, 3, 4, 4, seed=61)
+    (cx,) = run(conv, x)
+    (dy,) = run(deconv, y)
+    assert dy.shape == x.shape
+    close(np.sum(cx * y), np.sum(x * dy))
+    close(dy, ref.deconv_nd(y, weight, None, (2, 2), (1, 1)))
+
+
+def test_gradcheck_deconvolution():
+    layer = build("name: 'd' type: 'Deconvolution' convolution_param { num_output: 4 kernel_size: 3 stride: 2 "
+                  "pad: 1 group: 2 dilation: 2 weight_filler { type: 'gaussian' std: 0.5 } "
+                  "bias_filler { type: 'constant' value: 0.1 } }", [(1, 2, 3, 2)])
+    gradcheck_layer(layer, torch.from_numpy(rand(1, 2, 3, 2, seed=62)))
+
+
+# ---------------------------------------------------------------- Im2col
+
+IM2COL_CASES = [
+    # (convolution_param text, input shape, kernel, stride, pad, dilation)
+    ("kernel_size: 3 pad: 1", (2, 2, 4, 5), (3, 3), (1, 1), (1, 1), (1, 1)),
+    ("kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 1 pad_h: 0 pad_w: 2 dilation: 2", (1, 3, 6, 5), (2, 3), (2, 1),
+     (0, 2), (2, 2)),
+    ("kernel_size: 2 stride: 3 pad: 1", (2, 2, 7), (2,), (3,), (1,), (1,)),
+]
+
+
+@pytest.mark.parametrize("params,shape,kernel,stride,pad,dilation", IM2COL_CASES)
+def test_im2col_matches_reference(params, shape, kernel, stride, pad, dilation):
+    layer = build(f"name: 'i' type: 'Im2col' convolution_param {{ {params} }}", [shape])
+    x = rand(*shape, seed=63)
+    (y,) = run(layer, x)
+    expect = ref.im2col(x, kernel, stride, pad, dilation)
+    assert layer.top_shapes == [expect.shape]
+    close(y, expect)
+    # Convolution is im2col followed by the weight matrix (Caffe's own decomposition): ties the ordering to conv2d.
+    if len(kernel) == 2:
+        weight = rand(2, shape[1], *kernel, seed=64)
+        conv = np.einsum("mk,nk...->nm...", weight.reshape(2, -1), y)
+        close(conv, ref.conv2d(x, weight, None, stride, pad, dilation))
+
+
+def test_im2col_axis_and_gradient():
+    x = rand(2, 2, 3, 4, 4, seed=65)  # axis 2: the first two axes are images
+    layer = build("name: 'i' type: 'Im2col' convolution_param { kernel_size: 2 stride: 1 axis: 2 }", [x.shape])
+    (y,) = run(layer, x)
+    close(y, ref.im2col(x.reshape(4, 3, 4, 4), (2, 2), (1, 1), (0, 0), (1, 1)).reshape(2, 2, 12, 3, 3))
+    layer = build("name: 'i' type: 'Im2col' convolution_param { kernel_size: 3 stride: 2 pad: 1 }", [(1, 2, 4, 3)])
+    gradcheck_layer(layer, torch.from_numpy(rand(1, 2, 4, 3, seed=66)), with_params=False)
+
+
+# ---------------------------------------------------------------- Crop
+
+@pytest.mark.parametrize("params,shape,ref_shape,expect_slices", [
+    ("", (2, 3, 7, 6), (1, 1, 4, 3), np.s_[:, :, 0:4, 0:3]),  # default axis 2, offset 0
+    ("crop_param { axis: 2 offset: 1 offset: 2 }", (2, 3, 7, 6), (5, 5, 4, 3), np.s_[:, :, 1:5, 2:5]),
+    ("crop_param { axis: 1 offset: 1 }", (2, 4, 7, 6), (9, 2, 3, 3), np.s_[:, 1:3, 1:4, 1:4]),
+    ("crop_param { axis: -1 offset: 3 }", (2, 3, 4, 6), (1, 1, 1, 2), np.s_[:, :, :, 3:5]),
+    ("crop_param { axis: 0 }", (3, 3, 4, 6), (2, 1, 4, 5), np.s_[0:2, 0:1, 0:4, 0:5]),
+])
+def test_crop(params, shape, ref_shape, expect_slices):
+    layer = build(f"name: 'c' type: 'Crop' bottom: 'a' bottom: 'b' {params}", [shape, ref_shape])
+    x = rand(*shape, seed=67)
+    (y,) = run(layer, x, np.zeros(ref_shape))
+    close(y, x[expect_slices])
+    assert layer.top_shapes == [x[expect_slices].shape]
+    # Backward: the top's gradient lands inside the crop window of bottom 0, zero elsewhere; none for bottom 1.
+    xt = torch.from_numpy(x).requires_grad_(True)
+    dy = rand(*y.shape, seed=68)
+    layer(xt, torch.zeros(ref_shape, dtype=torch.float64))[0].backward(torch.from_numpy(dy))
+    expect = np.zeros(shape)
+    expect[expect_slices] = dy
+    close(xt.grad.numpy(), expect)
+
+
+@pytest.mark.parametrize("params,shapes,needle", [
+    ("crop_param { axis: 2 offset: 4 }", [(1, 1, 6, 6), (1, 1, 3, 3)], "falls outside"),
+    ("crop_param { axis: 1 offset: 1 offset: 2 }", [(1, 2, 6, 6), (1, 1, 3, 3)], "2 offsets for the 3 axes"),
+    ("", [(1, 1, 6, 6), (1, 3, 3)], "same number of axes"),
+    ("", [(1, 1, 6, 6)], "2 bottom"),
+])
+def test_crop_errors(params, shapes, needle):
+    with pytest.raises(CaffeCamError, match=rf"'crop'.*{needle}"):
+        build(f"name: 'crop' type: 'Crop' {params}", shapes)
