@@ -3,15 +3,18 @@
 A layer is built from its LayerParameter and the shapes of its bottoms; it knows its top shapes and owns its
 learnable blobs in Caffe's order (weight, then bias) in `self.blobs`. forward(*bottoms) returns a list of tops.
 A family module registers its classes with @register (base.py); importing it here is what makes them known.
-May import: caffecam.engine.kernels, caffecam.engine.fillers, caffecam.proto, caffecam.errors.
+May import: caffecam.engine.kernels, caffecam.engine.fillers, caffecam.engine.prototxt and weights (blob files),
+caffecam.proto, caffecam.errors.
 """
 
 from caffecam.engine.layers import (  # noqa: F401 (importing a family registers its types)
     common,
     input,
     loss,
+    loss_distance,
     neuron,
     normalization,
+    recurrent,
     routing,
     vision,
 )
