@@ -22,6 +22,7 @@ class SoftmaxWithLoss(Layer):
         lossp = lp.loss_param
         self.ignore = lossp.ignore_label if lossp.HasField("ignore_label") else None
         self.norm = _normalization(lossp, lossp.VALID)
+        _need_same_num(self, shapes)
         _need_one_label_per_prediction(self, shapes)
         self.ntops = len(lp.top)
         return [()] + ([shapes[0]] if self.ntops > 1 else [])
@@ -32,17 +33,8 @@ class SoftmaxWithLoss(Layer):
         # Caffe takes −log(max(p, FLT_MIN)): a sample's loss tops out at 87.3365 (its gradient stays p − 1).
         picked = picked + (picked.clamp(min=_LOG_FLT_MIN) - picked).detach()
         total = -(picked * valid).sum()
-        # Normalization: FULL = all predictions, VALID = non-ignored ones, BATCH_SIZE = outer count, NONE = 1.
-        lp = caffe_pb2.LossParameter
-        if self.norm == lp.FULL:
-            denom = float(label.numel())
-        elif self.norm == lp.VALID:
-            denom = valid.sum().clamp(min=1).to(scores.dtype)
-        elif self.norm == lp.BATCH_SIZE:
-            denom = float(math.prod(x.shape[: self.axis]))
-        else:
-            denom = 1.0
-        tops = [total / denom]
+        outer = math.prod(x.shape[: self.axis])
+        tops = [total / _normalizer(self.norm, outer, label.numel() // max(outer, 1), valid)]
         if self.ntops > 1:
             # Caffe's backward reads only the loss top's diff: nothing flows back through the probabilities.
             tops.append(F.softmax(x, self.axis).detach())

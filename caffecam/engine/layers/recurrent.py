@@ -7,7 +7,8 @@ states (1×N×H: h_0, and c_0 for LSTM). Tops: the output (T×N×H), then with e
 
 cont_t = 0 starts a new sequence: the previous h is multiplied by cont_t (and LSTMUnit drops the previous c).
 Without expose_hidden the initial state is the final state of the previous forward pass (zeros at first), carried
-over without gradient, as Caffe copies its recurrent outputs into its inputs before each forward. With
+over without gradient, as Caffe copies its recurrent outputs into its inputs before each forward (here zeros
+again when the number of streams N changes; Caffe keeps whatever its reshaped blob holds). With
 expose_hidden, Caffe shares only the data of the hidden bottoms and tops: no gradient flows through them either.
 """
 
