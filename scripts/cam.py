@@ -122,7 +122,7 @@ def main(argv=None):
         report = ReportWriter(args.out, model.labels, args.box_threshold, args.alpha, args.top_k, boxes,
                               title=f"CAM report: {Path(args.inputs[0]).name}{more}",
                               info={k: str(v) for k, v in info.items()})
-    print(f"CAM of '{model.layers.feature_blob}' × '{model.layers.fc_layer}' on {model.device} ({model.precision}) "
+    print(f"CAM of {model.layers.describe()} on {model.device} ({model.precision}) "
           f"for {len(items)} image(s)")
     result = run_cam(model, items, args.out, top_k=args.top_k, alpha=args.alpha, box_threshold=args.box_threshold,
                      save_maps=args.save_maps, gallery=args.gallery, batch_size=args.batch_size, workers=args.workers,

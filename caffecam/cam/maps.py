@@ -1,4 +1,5 @@
-"""Class activation maps (Zhou et al., CVPR 2016) for nets ending in global average pooling + InnerProduct.
+"""Class activation maps (Zhou et al., CVPR 2016) for nets ending in global average pooling and a linear
+classifier (the pair is found in cam/pairs.py).
 
 The map of class c is M_c(x, y) = Σ_k w[c, k] · A_k(x, y): A_k are the feature maps feeding the global average
 pooling, w[c] the classifier row of c. The bias is left out, as in the paper. Maps for all requested classes are
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from caffecam.cam.pairs import classifier_weight, find_cam_layers, identity_weight
 from caffecam.engine import precision
 from caffecam.engine.net import TEST, Net
 from caffecam.engine.prototxt import read_net
@@ -20,8 +22,6 @@ from caffecam.errors import CaffeCamError
 from caffecam.textfile import content_lines
 
 DEFAULT_MEAN = (104.0, 117.0, 123.0)  # B, G, R
-# Layers between the pooling and the classifier that leave the pooled values alone (at TEST).
-PASS_THROUGH = {"Dropout", "Flatten", "Split", "Reshape"}
 
 
 def read_class_labels(path):
@@ -48,108 +48,6 @@ def parse_mean(text):
     if len(values) not in (1, 3):
         raise CaffeCamError(f"--mean {text!r}: give B,G,R values (e.g. 104,117,123) or a single value")
     return values
-
-
-# ---- finding the feature blob and the classifier ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CamLayers:
-    feature_blob: str  # the blob the global average pooling reads (A_k)
-    fc_layer: str  # the InnerProduct classifier (w)
-    score_blob: str  # its top (class scores before softmax)
-    prob_blob: str | None  # the Softmax over the scores, when the net has one
-    end_layer: str  # the last layer the forward pass needs
-    pool_layer: str | None
-
-
-def _writer_before(net, blob, index):
-    """Index of the last layer before `index` that writes `blob` (in-place layers included), or None."""
-    for i in range(index - 1, -1, -1):
-        if blob in net.layer_params[i].top:
-            return i
-    return None
-
-
-def _is_gap(net, lp):
-    p = lp.pooling_param
-    if p.pool != p.AVE:
-        return False
-    if p.global_pooling:
-        return True
-    shape = net.blob_shapes[lp.bottom[0]]
-    kernel = (p.kernel_h, p.kernel_w) if p.HasField("kernel_h") else (p.kernel_size,) * 2
-    pad = (p.pad_h, p.pad_w) if p.HasField("pad_h") or p.HasField("pad_w") else (p.pad,) * 2
-    return len(shape) == 4 and tuple(kernel) == tuple(shape[2:]) and pad == (0, 0)
-
-
-def _gap_feeding(net, index):
-    """The global-average Pooling layer feeding layer `index` (through pass-through layers), or None."""
-    blob, i = net.layer_params[index].bottom[0], index
-    while True:
-        i = _writer_before(net, blob, i)
-        if i is None:
-            return None
-        lp = net.layer_params[i]
-        if lp.type == "Pooling":
-            return lp if _is_gap(net, lp) else None
-        if lp.type not in PASS_THROUGH:
-            return None
-        blob = lp.bottom[0]
-
-
-def find_cam_layers(net, feature_blob=None, fc_layer=None):
-    """Locate the classifier (an InnerProduct fed by a global average pooling) and the blob that pooling reads.
-
-    `fc_layer` / `feature_blob` narrow the search; given both, a net without the pooling is accepted as long as
-    the classifier's input width equals the feature blob's channel count.
-    """
-    names = [lp.name for lp in net.layer_params]
-    if fc_layer is not None and fc_layer not in names:
-        raise CaffeCamError(f"--fc-layer {fc_layer}: no such layer in net '{net.name}'")
-    if feature_blob is not None and feature_blob not in net.blob_shapes:
-        raise CaffeCamError(f"--feature-blob {feature_blob}: no such blob in net '{net.name}'")
-    found = None
-    for index in range(len(names) - 1, -1, -1):
-        lp = net.layer_params[index]
-        if lp.type != "InnerProduct" or (fc_layer is not None and lp.name != fc_layer):
-            continue
-        pool = _gap_feeding(net, index)
-        if pool is not None and feature_blob in (None, pool.bottom[0]):
-            found = (index, pool.bottom[0], pool.name)
-            break
-        if fc_layer is not None and feature_blob is not None:
-            found = (index, feature_blob, None)
-            break
-    if found is None:
-        wanted = "an InnerProduct layer" if fc_layer is None else f"InnerProduct '{fc_layer}'"
-        src = "a blob" if feature_blob is None else f"blob '{feature_blob}'"
-        raise CaffeCamError(
-            f"net '{net.name}': found no {wanted} fed by a global average pooling of {src} (looked for a Pooling "
-            "layer with pool: AVE and global_pooling: true or a kernel covering its whole input, whose top feeds an "
-            "InnerProduct); CAM needs that structure, or name both --feature-blob and --fc-layer")
-    index, feature, pool_name = found
-    fc = net.layer_params[index]
-    if fc.type != "InnerProduct":
-        raise CaffeCamError(f"--fc-layer {fc.name}: is a {fc.type} layer, not an InnerProduct")
-    fshape = net.blob_shapes[feature]
-    width = classifier_weight(net, fc.name).shape[1]
-    if len(fshape) != 4 or fshape[1] != width:
-        raise CaffeCamError(f"feature blob '{feature}' has shape {fshape} but classifier '{fc.name}' takes {width} "
-                            "inputs: CAM needs one classifier weight per feature channel")
-    score = fc.top[0]
-    prob, end = None, fc.name
-    for lp in net.layer_params[index + 1:]:
-        if lp.type == "Softmax" and list(lp.bottom) == [score]:
-            prob, end = lp.top[0], lp.name
-            break
-    return CamLayers(feature, fc.name, score, prob, end, pool_name)
-
-
-def classifier_weight(net, fc_layer):
-    """The classifier's weight as (num_classes, channels)."""
-    layer = net.layer_by_name[fc_layer]
-    weight = layer.blobs[0]
-    return weight.t() if getattr(layer, "transpose", False) else weight
 
 
 # ---- the maps -----------------------------------------------------------------------------------------------------
@@ -237,12 +135,15 @@ class CamModel:
         self.net.to(self.device)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self.weight = classifier_weight(net, self.layers.fc_layer).detach()
+        if self.layers.identity:  # SqueezeNet: the class maps are the feature channels themselves
+            self.weight = identity_weight(net.blob_shapes[self.layers.feature_blob][1], self.device)
+        else:
+            self.weight = classifier_weight(net, self.layers.fc_layer).detach()
         self.num_classes = self.weight.shape[0]
         if labels is not None and len(labels) != self.num_classes:
             where = f"{labels_file}: " if labels_file else ""
             raise CaffeCamError(f"{where}{len(labels)} class labels for a classifier of {self.num_classes} classes "
-                                f"('{self.layers.fc_layer}'): wrong labels file or wrong prototxt?")
+                                f"({self.layers.describe()}): wrong labels file or wrong prototxt?")
         self.labels = list(labels) if labels is not None else [str(i) for i in range(self.num_classes)]
         self.mean = np.asarray(mean, np.float32).reshape(-1)
         if self.mean.size not in (1, 3):
