@@ -142,8 +142,9 @@ class CamModel:
         self.num_classes = self.weight.shape[0]
         if labels is not None and len(labels) != self.num_classes:
             where = f"{labels_file}: " if labels_file else ""
+            head = self.layers.fc_layer or f"{self.layers.feature_blob} channels"
             raise CaffeCamError(f"{where}{len(labels)} class labels for a classifier of {self.num_classes} classes "
-                                f"({self.layers.describe()}): wrong labels file or wrong prototxt?")
+                                f"('{head}'): wrong labels file or wrong prototxt?")
         self.labels = list(labels) if labels is not None else [str(i) for i in range(self.num_classes)]
         self.mean = np.asarray(mean, np.float32).reshape(-1)
         if self.mean.size not in (1, 3):
