@@ -3,7 +3,7 @@ with the recorded blobs, must give Caffe's tops (rel_err ≤ 1e-5, see golden.py
 Caffe's bottom and parameter diffs (≤ 1e-4). Each case runs twice: in float64, so that the error measured is Caffe's
 float32 rounding plus any real difference, and in float32 as the engine trains (Winograd convolution included).
 
-A case whose type is not registered yet is skipped ('type X not implemented yet'); test_missing_types lists them.
+Every type with a golden case must be registered (test_every_golden_type_is_implemented).
 `python -m tests.golden.test_golden_layers` prints the worst error per type (forward, backward) over all cases.
 """
 
@@ -97,18 +97,16 @@ def test_layer_matches_caffe_in_float32(family, name, monkeypatch):
 
 def _check(family, name, dtype):
     errors = compare(family, name, dtype)
-    if errors is None:
-        pytest.skip(f"type {layer_case(family, name)['type']} not implemented yet")
+    assert errors is not None, f"type {layer_case(family, name)['type']} is not implemented"
     bad = {k: e for k, (e, tol) in errors.items() if not e <= tol}
     assert not bad, f"{family}/{name}: " + ", ".join(f"{k} rel_err {e:.3g}" for k, e in bad.items())
 
 
-def test_missing_types():
-    """Lists the types with golden cases that are not registered yet (transitional: passes, prints them)."""
+def test_every_golden_type_is_implemented():
     types = sorted({str(layer_case(f, n)["type"]) for f, n in CASES})
     missing = [t for t in types if t not in LAYER_TYPES]
-    print(f"golden layer types: {len(types)}; not implemented yet: {', '.join(missing) or 'none'}")
-    assert len(CASES) > 100
+    assert not missing, f"golden cases for unregistered types: {', '.join(missing)}"
+    assert len(CASES) > 100 and len(types) >= 50
 
 
 def report():
