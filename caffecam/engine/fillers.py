@@ -52,6 +52,22 @@ def fill(shape, filler, generator=None, where="filler"):
     if kind == "positive_unitball":
         out = torch.rand(shape, generator=generator)
         return out / out.reshape(shape[0], -1).sum(1).reshape((shape[0],) + (1,) * (len(shape) - 1))
-    raise CaffeCamError(
-        f"{where}: unknown filler type '{kind}' (known: constant, uniform, gaussian, xavier, msra, positive_unitball)"
+    if kind == "bilinear":
+        return _bilinear(shape, filler, where)
+    raise CaffeCamError(f"{where}: unknown filler type '{kind}' (known: constant, uniform, gaussian, xavier, msra, "
+                        "positive_unitball, bilinear)"
     )
+
+
+def _bilinear(shape, filler, where):
+    """Caffe's BilinearFiller (filler.hpp), the upsampling kernel for Deconvolution: for a square k×k kernel,
+    f = ceil(k / 2), c = (k − 1) / (2f), w[…, y, x] = (1 − |x/f − c|) · (1 − |y/f − c|), the same for every channel."""
+    if len(shape) != 4 or shape[2] != shape[3]:
+        raise CaffeCamError(f"{where}: the bilinear filler needs a 4-D blob with a square kernel, got {shape}")
+    if filler.sparse != -1:
+        raise CaffeCamError(f"{where}: the bilinear filler does not support sparse")
+    k = shape[3]
+    f = math.ceil(k / 2)
+    c = torch.tensor((k - 1) / (2.0 * f), dtype=torch.float32)
+    ramp = 1 - (torch.arange(k, dtype=torch.float32) / f - c).abs()  # in float, as Caffe: its exact values
+    return (ramp[:, None] * ramp[None, :]).expand(shape).clone()

@@ -11,12 +11,13 @@ from caffecam.proto import caffe_pb2
 
 
 def blob_to_array(blob):
-    """A BlobProto as a float32 array: shape from `shape`, else the legacy num/channels/height/width."""
+    """A BlobProto as a float32 array. As Caffe's Blob::FromProto: the legacy num/channels/height/width when any of
+    them is set, else `shape`, whose empty or absent dims mean a 0-D blob (PReLU's channel_shared slope)."""
     data = np.asarray(blob.double_data if len(blob.double_data) else blob.data, dtype=np.float32)
-    if blob.HasField("shape"):
-        shape = tuple(blob.shape.dim)
-    else:
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         shape = (blob.num, blob.channels, blob.height, blob.width)
+    else:
+        shape = tuple(blob.shape.dim)
     if int(np.prod(shape)) != data.size:
         raise CaffeCamError(f"blob of shape {shape} holds {data.size} values (corrupt file?)")
     return data.reshape(shape)
@@ -24,8 +25,8 @@ def blob_to_array(blob):
 
 def array_to_blob(array, blob=None):
     blob = blob if blob is not None else caffe_pb2.BlobProto()
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    blob.shape.dim.extend(array.shape)
+    array = np.asarray(array, dtype=np.float32)  # not ascontiguousarray: it makes a 0-D array 1-D
+    blob.shape.dim.extend(array.shape)  # none for 0-D, as Caffe writes it
     blob.data.extend(array.ravel().tolist())
     return blob
 

@@ -115,3 +115,15 @@ def test_empty_blob_fills_nothing():
     # A zero-size blob (e.g. an Input dim of 0): nothing to draw, and no fan to divide by.
     for text in ("type: 'xavier'", "type: 'msra'", "type: 'gaussian' sparse: 2", "type: 'positive_unitball'"):
         assert fill((3, 0, 2), filler(text), gen()).shape == (3, 0, 2)
+
+
+def test_bilinear_hand_values_and_errors():
+    # Caffe's BilinearFiller: f = ceil(k/2), c = (k − 1)/(2f), ramp(x) = 1 − |x/f − c|, w = ramp(y)·ramp(x).
+    # k = 4: f = 2, c = 0.75, ramp 0.25 0.75 0.75 0.25; k = 3: f = 2, c = 0.5, ramp 0.5 1 0.5.
+    for k, ramp in ((4, [0.25, 0.75, 0.75, 0.25]), (3, [0.5, 1.0, 0.5])):
+        out = fill((2, 3, k, k), filler("type: 'bilinear'"))
+        r = torch.tensor(ramp)
+        assert out.dtype == torch.float32 and torch.equal(out, (r[:, None] * r[None, :]).expand(2, 3, k, k))
+    for shape in ((2, 3, 4, 3), (3, 4, 4)):
+        with pytest.raises(CaffeCamError, match="bilinear.*square"):
+            fill(shape, filler("type: 'bilinear'"))

@@ -222,6 +222,22 @@ def test_blob_helpers():
         blob_to_array(bad)
 
 
+def test_zero_d_blob_as_caffe_writes_it():
+    # A channel_shared PReLU slope is a 0-D blob: Caffe's ToProto writes its one value and no `shape` (zero dims add
+    # no field) and FromProto reads that back as 0-D. The legacy 4-D fields win only when one of them is set.
+    blob = caffe_pb2.BlobProto()
+    blob.data.append(0.3)
+    assert blob_to_array(blob).shape == () and blob_to_array(blob) == np.float32(0.3)
+    assert blob_to_array(array_to_blob(np.array(0.5, dtype=np.float32))).shape == ()
+    net = Net(parse_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }\n'
+                         'layer { name: "pr" type: "PReLU" bottom: "x" top: "y" prelu_param { channel_shared: true } }',
+                         caffe_pb2.NetParameter), TEST)
+    source = caffe_pb2.NetParameter()
+    source.layer.add(name="pr", type="PReLU").blobs.append(blob)
+    assert copy_weights(net, source).copied == ["pr"]
+    assert net.params["pr"][0].shape == () and net.params["pr"][0].item() == np.float32(0.3)
+
+
 def test_failed_write_keeps_existing_file(tmp_path, monkeypatch):
     path = tmp_path / "keep.caffemodel"
     path.write_bytes(b"old contents")

@@ -40,7 +40,7 @@ class ConvGeometry(Layer):
     """Reads convolution_param into self.axis, self.kernel, self.stride, self.pad, self.dilation (per spatial axis)."""
 
     def read_geometry(self, p, shape, max_spatial=3):
-        self.need_hw_pairs(p, ("kernel", "stride", "pad"))
+        self.need_hw_pairs(p, ("kernel", "stride"))  # a lone pad_h or pad_w is fine: Caffe takes the other as 0
         self.axis = canonical_axis(p.axis, len(shape), self)
         n = len(shape) - self.axis - 1
         if not 1 <= n <= max_spatial:

@@ -131,6 +131,12 @@ def test_convolution_axis_2_flattens_leading_axes():
     close(y, expect)
 
 
+def test_convolution_lone_pad_h_is_pad_w_0_as_in_caffe():
+    layer = build("name: 'c' type: 'Convolution' convolution_param { num_output: 1 kernel_size: 3 pad_h: 1 }",
+                  [(1, 1, 5, 5)])
+    assert layer.pad == (1, 0) and layer.top_shapes == [(1, 1, 5, 3)]
+
+
 @pytest.mark.parametrize("type_,params,shape,needle", [
     ("Convolution", "num_output: 1 kernel_size: 1", (1, 1, 2, 2, 2, 2), "4 spatial axes"),
     ("Convolution", "num_output: 1 kernel_size: 1 axis: 3", (1, 1, 2, 2), "0 spatial axes"),
