@@ -1,4 +1,5 @@
-"""Print a net's blob shapes, parameter shapes and parameter count, as Caffe logs them when it sets a net up."""
+"""Print a net's blob shapes, parameter shapes, parameter count and multiply-adds, as Caffe logs them when it sets a
+net up; with --time, per-layer forward/backward milliseconds as `caffe time` prints them."""
 
 import sys
 from pathlib import Path
@@ -8,7 +9,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import json
 import math
+import time
 
+import torch
+
+from caffecam.engine import netparam
+from caffecam.engine.layers import INPUT_TYPES
 from caffecam.engine.net import Net
 from caffecam.engine.prototxt import read_net
 from caffecam.engine.weights import load_weights
@@ -47,11 +53,45 @@ def parse_args(argv):
                    "ImageData layers whose size the prototxt does not fix")
     p.add_argument("--level", type=int, default=0, help="net state level for include/exclude rules (default 0)")
     p.add_argument("--stage", action="append", default=[], help="net state stage (repeatable)")
+    p.add_argument("--time", action="store_true",
+                   help="also run each layer forward and backward on seeded data and print the average milliseconds "
+                   "per layer and per pass, as `caffe time` does")
+    p.add_argument("--iterations", type=int, default=50, metavar="N",
+                   help="--time iterations (default 50, as caffe time)")
     return p.parse_args(argv)
 
 
 def dims_text(shape):
     return f"{' '.join(str(d) for d in shape)} ({math.prod(shape)})" if shape else "scalar (1)"
+
+
+def upgrade_notes(net_param):
+    """What Caffe's UpgradeNetAsNeeded would change in this file, in words (it is done here the same way)."""
+    notes = []
+    if len(net_param.layers):
+        notes.append("legacy V1 `layers` upgraded to `layer`")
+    if len(net_param.input_dim):
+        notes.append("legacy `input_dim` header read as an input shape")
+    elif len(net_param.input):
+        notes.append("legacy `input:` header read as an Input layer")
+    return notes
+
+
+def macs(lp, layer, bottom_shapes, top_shapes):
+    """Multiply-adds of one forward: Convolution, Deconvolution and InnerProduct only (each output element is a dot
+    product over one filter's taps); elementwise layers, pooling and normalization count 0."""
+    if not len(layer.blobs) or lp.type not in ("Convolution", "Deconvolution", "InnerProduct"):
+        return 0
+    taps = layer.blobs[0].numel()
+    if lp.type == "Deconvolution":  # each input element is scattered through one filter column
+        return math.prod(bottom_shapes[0]) * taps // bottom_shapes[0][1]
+    outputs = (lp.convolution_param if lp.type == "Convolution" else lp.inner_product_param).num_output
+    return math.prod(top_shapes[0]) * taps // outputs
+
+
+def layer_macs(net):
+    return [macs(lp, layer, [net.blob_shapes[b] for b in lp.bottom], layer.top_shapes)
+            for lp, layer in zip(net.layer_params, net.layers)]
 
 
 def total_params(net):
@@ -61,35 +101,88 @@ def total_params(net):
 def summary(net):
     """The --json structure: blob shapes in set-up order, learnable blob shapes per layer, total count."""
     params = {name: [list(p.shape) for p in blobs] for name, blobs in net.params.items()}
+    counts = layer_macs(net)
     return {"blobs": {name: list(shape) for name, shape in net.blob_shapes.items()}, "params": params,
-            "total_params": total_params(net)}
+            "total_params": total_params(net),
+            "macs": {lp.name: n for lp, n in zip(net.layer_params, counts) if n}, "total_macs": sum(counts)}
 
 
 def text_lines(net):
     lines = [f"Net '{net.name}', phase {caffe_pb2.Phase.Name(net.phase)}; inputs: {', '.join(net.input_blobs)}"]
-    for lp, layer in zip(net.layer_params, net.layers):
+    counts = layer_macs(net)
+    for lp, layer, n in zip(net.layer_params, net.layers, counts):
         where = f"{', '.join(lp.bottom)} -> {', '.join(lp.top)}" if lp.bottom else f"-> {', '.join(lp.top)}"
         lines.append(f"{lp.name} ({lp.type}): {where}")
         for top, shape in zip(lp.top, layer.top_shapes):
             lines.append(f"    Top shape: {top}: {dims_text(shape)}")
         for i, blob in enumerate(layer.blobs):
             lines.append(f"    Param {i}: {dims_text(tuple(blob.shape))}")
+        if n:
+            lines.append(f"    Multiply-adds: {n:,}")
     for i, name in enumerate(net.output_blobs):
         weight = net.loss_weights.get(name)
         lines.append(f"Net output #{i}: {name}" + (f" (loss weight {weight:g})" if weight else ""))
     lines.append(f"Total parameters: {total_params(net)} in {sum(len(b) for b in net.params.values())} blobs "
                  f"of {len(net.params)} layers")
+    lines.append(f"Total multiply-adds per forward: {sum(counts):,} ({sum(counts) / 1e9:.3f} G; one multiply-add = "
+                 "2 FLOPs; Convolution, Deconvolution and InnerProduct only)")
     return lines
+
+
+def time_layers(net, iterations, progress=None):
+    """{layer: (forward ms, backward ms)} averaged over `iterations`, each layer run alone on the tops its
+    predecessors computed from a seeded input (as `caffe time`, which also times layer by layer)."""
+    generator = torch.Generator().manual_seed(0)
+    blobs = {b: torch.randn(net.blob_shapes[b], generator=generator) for b in net.input_blobs}
+    with torch.no_grad():
+        blobs = net.forward(blobs)  # every bottom each layer reads, computed once
+    result = {}
+    for lp, layer in zip(net.layer_params, net.layers):
+        if lp.type in INPUT_TYPES:
+            continue
+        fwd = bwd = 0.0
+        for _ in range(iterations):
+            leaves = [blobs[b].detach().requires_grad_(blobs[b].is_floating_point()) for b in lp.bottom]
+            inputs = [x.clone() for x in leaves]  # an in-place layer may write its bottom; a leaf cannot be written
+            start = time.perf_counter()
+            tops = layer(*inputs)
+            fwd += time.perf_counter() - start
+            tops = [t for t in tops if t.requires_grad]
+            if tops:
+                grads = [torch.ones_like(t) for t in tops]
+                start = time.perf_counter()
+                torch.autograd.backward(tops, grads)
+                bwd += time.perf_counter() - start
+        result[lp.name] = (1000 * fwd / iterations, 1000 * bwd / iterations)
+        if progress:
+            progress.update(1)
+    return result
+
+
+def time_lines(times, iterations):
+    lines = [f"Average time per layer ({iterations} iterations):"]
+    for name, (fwd, bwd) in times.items():
+        lines += [f"{name:>24}\tforward: {fwd:.4f} ms.", f"{name:>24}\tbackward: {bwd:.4f} ms."]
+    fwd, bwd = sum(t[0] for t in times.values()), sum(t[1] for t in times.values())
+    return lines + [f"Average Forward pass: {fwd:.4f} ms.", f"Average Backward pass: {bwd:.4f} ms.",
+                    f"Average Forward-Backward: {fwd + bwd:.4f} ms."]
 
 
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
     input_shapes = dict(parse_input_shape(t) for t in args.input_shape)
+    if args.iterations < 1:
+        raise CaffeCamError(f"--iterations {args.iterations}: must be at least 1")
     phase = caffe_pb2.TRAIN if args.phase == "TRAIN" else caffe_pb2.TEST
-    # Shapes only: the parameters are meta tensors, so a net far too large for this machine is still described.
-    net = Net(read_net(args.prototxt), phase, input_shapes=input_shapes, seed=0, level=args.level,
-              stages=args.stage, meta=True)
+    net_param = read_net(args.prototxt)
+    for note in upgrade_notes(net_param):
+        print(f"{args.prototxt}: {note}, as Caffe upgrades it", file=sys.stderr)
+    netparam.current_layers(net_param)  # a file mixing both layer lists is refused before anything else
+    # Shapes only: the parameters are meta tensors, so a net far too large for this machine is still described;
+    # --time computes, so there they are allocated.
+    net = Net(net_param, phase, input_shapes=input_shapes, seed=0, level=args.level, stages=args.stage,
+              meta=not args.time)
     if args.weights:
         log = (lambda line: print(line, file=sys.stderr)) if args.json else print
         load_weights(net, args.weights, log=log)
@@ -97,6 +190,11 @@ def main(argv=None):
         print(json.dumps(summary(net), indent=1))
     else:
         print("\n".join(text_lines(net)))
+    if args.time:
+        from tqdm import tqdm
+        with tqdm(total=len(net.layers), desc="timing layers", unit="layer", file=sys.stderr) as bar:
+            times = time_layers(net, args.iterations, bar)
+        print("\n".join(time_lines(times, args.iterations)), file=sys.stderr if args.json else sys.stdout)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def test_json_on_small_net(small):
     out = run_script(small, "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert data == {"blobs": TEST_BLOBS, "params": PARAMS, "total_params": 197}
+    assert data == {"blobs": TEST_BLOBS, "params": PARAMS, "total_params": 197, "macs": {"conv": 1728, "fc": 80},
+                    "total_macs": 1808}
 
 
 def test_text_on_small_net_train_phase(small, capsys):
@@ -206,3 +207,51 @@ def test_a_tool_that_builds_the_terabyte_net_refuses_with_one_line(tmp_path):
         r"error: net 'alexnet_huge' needs 2\.0 TiB for its parameters and blobs but only \d+\.\d [MG]iB of memory "
         r"is available; the largest is layer 'fc6' \(InnerProduct\) with 1\.9 TiB; use a smaller input size or "
         r"batch, or fewer outputs in that layer", err[0]), err
+
+
+def test_multiply_adds_on_small_net(small, capsys):
+    net_summary.main([str(small), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    # by hand: conv 4·4·4 outputs × 3·3·3 taps = 1728; fc 5 outputs × 16 inputs = 80
+    assert out["macs"] == {"conv": 1728, "fc": 80} and out["total_macs"] == 1808
+    net_summary.main([str(small)])
+    text = capsys.readouterr().out
+    assert "    Multiply-adds: 1,728" in text and "Total multiply-adds per forward: 1,808" in text
+
+
+def test_multiply_adds_of_resnet50():
+    # He et al. 2015, table 1: 3.8 × 10^9 multiply-adds for ResNet-50 at 224×224 (their "FLOPs")
+    net = Net(parse_text((ROOT / "tests" / "zoo" / "resnet50.prototxt").read_text(), caffe_pb2.NetParameter), meta=True)
+    assert 3.8e9 < sum(net_summary.layer_macs(net)) < 3.9e9
+
+
+def test_time_prints_caffe_time_lines(small, capsys):
+    net_summary.main([str(small), "--time", "--iterations", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    timed = [line.split()[0] for line in lines if line.endswith(" ms.") and "\tforward:" in line]
+    assert timed == ["conv", "relu", "pool", "fc", "prob"]
+    assert len([line for line in lines if "\tbackward:" in line]) == 5
+    totals = {line.split(":")[0]: float(line.split(":")[1].split()[0]) for line in lines
+              if line.startswith("Average ") and line.endswith(" ms.")}
+    forward = sum(float(line.split()[-2]) for line in lines if "\tforward:" in line)
+    assert abs(totals["Average Forward pass"] - forward) < 1e-3 * len(timed)
+    assert totals["Average Forward-Backward"] >= totals["Average Forward pass"]
+
+
+def test_legacy_file_is_upgraded_and_says_so(tmp_path):
+    path = tmp_path / "v1.prototxt"
+    path.write_text('name: "v1" input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
+                    'layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv"\n'
+                    '  convolution_param { num_output: 2 kernel_size: 3 } }\n')
+    out = run_script(path, "--json")
+    assert out.returncode == 0, out.stderr
+    assert "legacy V1 `layers` upgraded to `layer`" in out.stderr and "`input_dim`" in out.stderr
+    assert json.loads(out.stdout)["blobs"]["conv"] == [1, 2, 6, 6]
+    assert json.loads(out.stdout)["total_macs"] == 2 * 36 * 27
+
+
+def test_time_needs_an_iteration(small, capsys):
+    with pytest.raises(SystemExit) as exc:
+        net_summary.main([str(small), "--time", "--iterations", "0"])
+    assert exc.value.code != 0
+    assert "--iterations 0" in capsys.readouterr().err
