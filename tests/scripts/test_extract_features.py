@@ -98,7 +98,10 @@ def test_demo_net_on_images(tmp_path, images):
     assert got["names"].tolist() == [str(folder / f"im{i}.png") for i in range(3)]
     for b in blobs:
         assert got[b].shape[0] == 3
-        close(got[b], ref[b].numpy())
+        # Batches of 2 here, 3 in the reference: the convolution may take another algorithm (Winograd or direct,
+        # by batch size), so elements near 0 differ by float32 rounding of the blob's largest values.
+        want = ref[b].numpy()
+        np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-6 * float(np.abs(want).max()), err_msg=b)
     assert (got[relu_on_conv] >= 0).all()
     assert [p.name for p in out.parent.iterdir()] == ["f.npz"]  # no temporary file left behind
 
