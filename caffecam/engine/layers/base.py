@@ -4,7 +4,7 @@ parameters."""
 import torch
 from torch import nn
 
-from caffecam.engine.fillers import fill
+from caffecam.engine.fillers import check_filler, fill
 from caffecam.errors import CaffeCamError
 
 # Caffe type name -> layer class; filled by @register in each family module (imported by layers/__init__.py).
@@ -39,8 +39,8 @@ class Layer(nn.Module):
         """A learnable blob: at set-up a meta tensor (its shape, the filler checked, no memory, the generator not
         drawn from); materialize() fills it, in the same order, once the net knows it fits in memory."""
         where = f"layer '{self.name}'"
-        with torch.device("meta"):
-            self.blobs.append(nn.Parameter(fill(shape, filler, generator, where=where)))
+        check_filler(tuple(int(d) for d in shape), filler, where)
+        self.blobs.append(nn.Parameter(torch.empty(shape, device="meta")))
         self._fillers.append((shape, filler, where))
 
     def fill_values(self, generator=None):
