@@ -127,3 +127,40 @@ def test_bilinear_hand_values_and_errors():
     for shape in ((2, 3, 4, 3), (3, 4, 4)):
         with pytest.raises(CaffeCamError, match="bilinear.*square"):
             fill(shape, filler("type: 'bilinear'"))
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("type: 'uniform' min: 1 max: 0", "min 1 above max 0"),
+    ("type: 'bogus'", "unknown filler type 'bogus'"),
+    ("type: 'bilinear'", "bilinear filler needs a 4-D blob with a square kernel"),
+])
+def test_a_net_checks_its_fillers_at_set_up_without_allocating(text, needle):
+    # Set-up runs on meta tensors (nothing allocated, nothing drawn), and still refuses what Caffe's set-up refuses.
+    net = parse_text(f"""input: "x" input_shape {{ dim: 1 dim: 2 dim: 5 dim: 5 }}
+        layer {{ name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+                 inner_product_param {{ num_output: 3 weight_filler {{ {text} }} }} }}""", caffe_pb2.NetParameter)
+    from caffecam.engine.net import TEST, Net
+    with pytest.raises(CaffeCamError, match=rf"layer 'ip'.*{needle}"):
+        Net(net, TEST, meta=True)
+
+
+def test_building_and_running_a_net_does_not_import_the_compiler_stack():
+    # Drawing on the meta device went through torch._refs, which imports torch._dynamo: 1 s of every cam.py start.
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = """if True:
+        import sys
+        import torch
+        from caffecam.engine.net import TEST, Net
+        from caffecam.engine.prototxt import parse_text
+        from caffecam.proto import caffe_pb2
+        net = Net(parse_text('''input: "x" input_shape { dim: 1 dim: 2 dim: 5 dim: 5 }
+            layer { name: "c" type: "Convolution" bottom: "x" top: "y"
+                    convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }''',
+                             caffe_pb2.NetParameter), TEST)
+        net({"x": torch.ones(1, 2, 5, 5)})
+        print("torch._dynamo" in sys.modules)"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
