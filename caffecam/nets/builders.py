@@ -120,12 +120,13 @@ def input_layer(batch, input_size, with_label=False):
     return lp
 
 
-def image_data_layers(train_source, val_source, root_folder, new_size, crop_size, batch_train, batch_test):
+def image_data_layers(train_source, val_source, root_folder, new_size, crop_size, batch_train, batch_test,
+                      mean=GOOGLENET_MEAN):
     """ImageData TRAIN (shuffled, mirrored, random crop) and TEST (centre crop) layers named `data`."""
     out = []
     for phase, source, batch in _phases(train_source, val_source, batch_train, batch_test):
         lp = layer("data", "ImageData", tops=["data", "label"], phase=phase)
-        _transform(lp, crop_size, mirror=phase == caffe_pb2.TRAIN)
+        _transform(lp, crop_size, mirror=phase == caffe_pb2.TRAIN, mean=mean)
         ip = lp.image_data_param
         ip.source = source
         ip.batch_size = batch
@@ -133,17 +134,18 @@ def image_data_layers(train_source, val_source, root_folder, new_size, crop_size
             ip.shuffle = True
         ip.new_height = new_size
         ip.new_width = new_size
-        ip.root_folder = root_folder
+        if root_folder:
+            ip.root_folder = root_folder
         out.append(lp)
     return out
 
 
-def lmdb_data_layers(train_source, val_source, crop_size, batch_train, batch_test):
+def lmdb_data_layers(train_source, val_source, crop_size, batch_train, batch_test, mean=GOOGLENET_MEAN):
     """Data layers (backend LMDB) reading Datum records that already hold resized images."""
     out = []
     for phase, source, batch in _phases(train_source, val_source, batch_train, batch_test):
         lp = layer("data", "Data", tops=["data", "label"], phase=phase)
-        _transform(lp, crop_size, mirror=phase == caffe_pb2.TRAIN)
+        _transform(lp, crop_size, mirror=phase == caffe_pb2.TRAIN, mean=mean)
         lp.data_param.source = source
         lp.data_param.batch_size = batch
         lp.data_param.backend = caffe_pb2.DataParameter.LMDB

@@ -14,17 +14,15 @@ from caffecam.nets.builders import (
     concat,
     constant,
     conv_relu,
-    gaussian,
     image_data_layers,
-    inner_product,
     input_layer,
-    layer,
     lmdb_data_layers,
     lrn,
     pool,
     solver,
     xavier,
 )
+from caffecam.nets.cam_surgery import Head, cam_head
 from caffecam.proto import caffe_pb2
 
 # Per inception block: 1x1, 3x3_reduce, 3x3, 5x5_reduce, 5x5, pool_proj.
@@ -91,27 +89,7 @@ def _check_args(num_classes, width_div, input_size):
 
 
 def _cam_head(bottom, cam_width, num_classes, fc_name, global_pool, head):
-    layers = conv_relu("CAM_conv", "CAM_relu", bottom, cam_width, 3, pad=1, group=2,
-                       weight_filler=gaussian(0.01), bias_filler=constant(1))
-    if global_pool:
-        layers.append(pool("CAM_pool", "CAM_conv", "AVE", global_pooling=True))
-    else:
-        layers.append(pool("CAM_pool", "CAM_conv", "AVE", kernel=14, stride=14))
-    layers.append(inner_product(fc_name, "CAM_pool", num_classes, xavier(), constant(0)))
-    if head == "prob":
-        layers.append(layer("prob", "Softmax", [fc_name], ["prob"]))
-        return layers
-    if head != "loss":
-        raise CaffeCamError(f"head={head!r}: use 'prob' (deploy) or 'loss' (train/val)")
-    loss = layer("loss3/loss3", "SoftmaxWithLoss", [fc_name, "label"], ["loss3/loss3"])
-    loss.loss_weight.append(1)
-    layers.append(loss)
-    layers.append(layer("loss3/top-1", "Accuracy", [fc_name, "label"], ["loss3/top-1"], phase=caffe_pb2.TEST))
-    if num_classes >= 5:  # Caffe's Accuracy requires top_k <= number of classes
-        top5 = layer("loss3/top-5", "Accuracy", [fc_name, "label"], ["loss3/top-5"], phase=caffe_pb2.TEST)
-        top5.accuracy_param.top_k = 5
-        layers.append(top5)
-    return layers
+    return cam_head(bottom, Head(num_classes, None if global_pool else (14, 14), cam_width, fc_name=fc_name), head)
 
 
 def _data_or_input(data, head, input_size, batch):

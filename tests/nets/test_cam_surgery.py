@@ -1,0 +1,176 @@
+"""scripts/make_cam_net.py and nets/cam_surgery.py: the seed's GoogLeNet-CAM rebuilt from BVLC's GoogLeNet layer for
+layer, the CAM authors' VGG16-CAM shapes, ResNet-50, and one clear line for each bad cut."""
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from caffecam.engine.net import TEST, TRAIN, Net
+from caffecam.engine.prototxt import read_net, read_solver
+from caffecam.proto import caffe_pb2
+from scripts import make_cam_net
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOO = ROOT / "tests" / "zoo"
+BVLC_TRAIN_VAL = Path(__file__).with_name("fixtures") / "bvlc_googlenet_train_val.prototxt"
+SEED = ROOT / "prototxt"
+SEED_DATA = ["--train-list", "data/train.txt", "--val-list", "data/val.txt", "--root-folder", "data/mpii/images/"]
+
+
+def make(tmp_path, base, cut, classes, *more, prefix="cam"):
+    make_cam_net.main(["--base", str(base), "--cut", cut, "--classes", str(classes), "--out", str(tmp_path),
+                       "--prefix", prefix, *more])
+    return {kind: tmp_path / f"{prefix}_{kind}.prototxt" for kind in ("train_val", "deploy", "solver")}
+
+
+def assert_same_net(ours, seed):
+    assert ours.name == seed.name
+    assert [lp.name for lp in ours.layer] == [lp.name for lp in seed.layer]
+    for a, b in zip(ours.layer, seed.layer):
+        assert a == b, a.name
+
+
+def without_xavier_std(net):
+    net = copy.deepcopy(net)
+    for lp in net.layer:
+        for param in (lp.convolution_param, lp.inner_product_param):
+            if param.weight_filler.type == "xavier":
+                param.weight_filler.ClearField("std")
+    return net
+
+
+def shapes(path, **kw):
+    net = Net(read_net(path), TEST, meta=True, **kw)
+    return ([(b, tuple(s)) for b, s in net.blob_shapes.items()],
+            [(n, [tuple(p.shape) for p in ps]) for n, ps in net.params.items()])
+
+
+def test_googlenet_cam_from_the_bvlc_deploy_is_the_seeds_net(tmp_path):
+    files = make(tmp_path, ZOO / "bvlc_googlenet.prototxt", "inception_4e/output", 14, *SEED_DATA,
+                 prefix="googlenet_cam")
+    assert_same_net(read_net(files["train_val"]), read_net(SEED / "googlenet_cam_train_val.prototxt"))
+    assert_same_net(read_net(files["deploy"]), read_net(SEED / "googlenet_cam_deploy.prototxt"))
+    seed_solver = read_solver(SEED / "googlenet_cam_solver.prototxt")
+    seed_solver.net = f"{tmp_path}/googlenet_cam_train_val.prototxt"  # the only path: --out
+    assert read_solver(files["solver"]) == seed_solver
+    lmdb = make(tmp_path / "lmdb", ZOO / "bvlc_googlenet.prototxt", "inception_4e/output", 14,
+                "--lmdb", "data/train_lmdb", "data/val_lmdb")
+    assert_same_net(read_net(lmdb["train_val"]), read_net(SEED / "googlenet_cam_train_val_lmdb.prototxt"))
+
+
+def test_googlenet_cam_from_the_bvlc_train_val(tmp_path):
+    """BVLC's train_val gives the same net but for the xavier fillers' `std`, which the seed copied from BVLC's
+    deploy and Caffe's XavierFiller never reads (filler.hpp: scale = sqrt(3 / n), n from the fans): the seed's
+    trunk is the deploy's."""
+    files = make(tmp_path, BVLC_TRAIN_VAL, "inception_4e/output", 14, *SEED_DATA)
+    ours, seed = read_net(files["train_val"]), read_net(SEED / "googlenet_cam_train_val.prototxt")
+    assert ours != seed
+    assert_same_net(without_xavier_std(ours), without_xavier_std(seed))
+    assert_same_net(without_xavier_std(read_net(files["deploy"])),
+                    without_xavier_std(read_net(SEED / "googlenet_cam_deploy.prototxt")))
+    # Without data options the base's own LMDB data layers stay; the auxiliary classifiers go either way.
+    own = read_net(make(tmp_path / "own", BVLC_TRAIN_VAL, "inception_4e/output", 14)["train_val"])
+    base = read_net(BVLC_TRAIN_VAL)
+    assert own.layer[0] == base.layer[0] and own.layer[1] == base.layer[1]
+    names = [lp.name for lp in own.layer]
+    assert not [n for n in names if n.startswith(("loss1/", "loss2/", "pool4", "inception_5"))]
+    assert names[-7:] == ["CAM_conv", "CAM_relu", "CAM_pool", "CAM_fc_14", "loss3/loss3", "loss3/top-1",
+                          "loss3/top-5"]
+
+
+def test_vgg16_cam_has_the_cam_authors_shapes(tmp_path):
+    """Cut after relu5_3 (pool5 dropped); --dropout and --fc-name give the authors' head names too."""
+    files = make(tmp_path, ZOO / "places365_vgg16.prototxt", "conv5_3", 1000, "--dropout", "0.5", "--fc-name",
+                 "CAM_fc", "--deploy-batch", "10", "--train-list", "t.txt", "--val-list", "v.txt")
+    assert shapes(files["deploy"]) == shapes(ZOO / "cam_vgg16.prototxt")
+    by_layer = make(tmp_path / "by_layer", ZOO / "places365_vgg16.prototxt", "relu5_3", 1000, "--dropout", "0.5",
+                    "--fc-name", "CAM_fc", "--deploy-batch", "10", "--train-list", "t.txt", "--val-list", "v.txt")
+    assert read_net(by_layer["deploy"]) == read_net(files["deploy"])
+    deploy = read_net(files["deploy"])
+    assert [lp.name for lp in deploy.layer if lp.bottom == ["conv5_3"]] == ["relu5_3", "CAM_conv"]
+
+
+def test_alexnet_cam_is_the_papers_cut_at_conv5(tmp_path):
+    """The paper's AlexNet-GAP: conv1-conv5 kept, a 13×13 map. The authors' published deploy_alexnetplusCAM has
+    CaffeNet's layer order (pool before norm) and is the paper's AlexNet*-GAP instead: the same layers through conv4,
+    then a 384-wide conv5, pool5 (MAX 3/1) and two more 512-wide convolutions before an 11×11 GAP, which no cut of
+    a BVLC net gives: the shapes agree through conv4."""
+    files = make(tmp_path, ZOO / "bvlc_reference_caffenet.prototxt", "conv5", 1000, "--deploy-batch", "10",
+                 "--train-list", "t.txt", "--val-list", "v.txt")
+    blobs, params = shapes(files["deploy"])
+    theirs_blobs, theirs_params = shapes(ZOO / "cam_alexnet_imagenet.prototxt")
+    through_conv4 = [b for b, _ in theirs_blobs].index("conv4") + 1
+    assert blobs[:through_conv4] == theirs_blobs[:through_conv4]
+    assert params[:4] == theirs_params[:4]  # conv1-conv4
+    assert dict(blobs)["conv5"] == (10, 256, 13, 13) and dict(blobs)["CAM_conv"] == (10, 1024, 13, 13)
+    assert dict(params)["CAM_conv"] == [(1024, 128, 3, 3), (1024,)]
+    assert dict(theirs_blobs)["conv7"] == (10, 512, 11, 11)
+
+
+def test_resnet50_cut_at_res5c(tmp_path):
+    files = make(tmp_path, ZOO / "resnet50.prototxt", "res5c", 200, "--global-pool", "--train-list", "t.txt",
+                 "--val-list", "v.txt")
+    deploy = read_net(files["deploy"])
+    names = [lp.name for lp in deploy.layer]
+    assert names[names.index("res5c"):] == ["res5c", "res5c_relu", "CAM_conv", "CAM_relu", "CAM_pool", "CAM_fc_200",
+                                             "prob"]
+    assert deploy.layer[names.index("CAM_pool")].pooling_param.global_pooling
+    blobs, params = shapes(files["deploy"])
+    assert dict(blobs)["CAM_conv"] == (1, 1024, 7, 7) and dict(params)["CAM_fc_200"] == [(200, 1024), (200,)]
+    Net(read_net(files["train_val"]), TRAIN, meta=True)
+
+
+BAD_CUTS = [
+    ("bvlc_googlenet", "inception_4z/output", "--cut inception_4z/output: tests/zoo/bvlc_googlenet.prototxt has no "
+                                              "blob of that name (its last blobs: "),
+    ("bvlc_googlenet", "pool5/7x7_s1", "--cut pool5/7x7_s1: has no spatial extent (shape 1×1024×1×1)"),
+    ("bvlc_alexnet", "fc7", "--cut fc7: has no spatial extent (shape 1×4096)"),
+    ("bvlc_googlenet", "inception_4e/3x3", "--cut inception_4e/3x3: is inside a branch: layer 'inception_4e/output' "
+                                           "after it also reads 'inception_4e/1x1' (from layer "
+                                           "'inception_4e/relu_1x1'), which the cut removes; cut where the branches "
+                                           "have joined, e.g. at 'inception_4e/output'"),
+    ("resnet50", "res5a_branch2b", "--cut res5a_branch2b: is inside a branch: layer 'res5a' after it also reads "
+                                   "'res5a_branch1' (from layer 'scale5a_branch1')"),
+    ("bvlc_alexnet", "data", "--cut data: is the net's input"),
+]
+
+
+@pytest.mark.parametrize("net, cut, message", BAD_CUTS, ids=[c for _, c, _ in BAD_CUTS])
+def test_bad_cuts_are_one_clear_line(tmp_path, capsys, monkeypatch, net, cut, message):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_:
+        make(tmp_path, f"tests/zoo/{net}.prototxt", cut, 10, "--train-list", "t.txt", "--val-list", "v.txt")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_deploy_base_needs_data_options(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        make(tmp_path, ZOO / "bvlc_alexnet.prototxt", "conv5", 10)
+    assert "give --train-list and --val-list, or --lmdb TRAIN_DB VAL_DB" in capsys.readouterr().err
+
+
+def test_cut_keeps_both_phases_data_layers():
+    """A hand-made train_val: TRAIN and TEST data layers both stay, a TRAIN-only layer on the path stays, the branch
+    that ends in its own loss goes."""
+    text = """
+    layer { name: "d" type: "DummyData" top: "data" top: "label" include { phase: TRAIN } }
+    layer { name: "d" type: "DummyData" top: "data" top: "label" include { phase: TEST } }
+    layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" }
+    layer { name: "drop" type: "Dropout" bottom: "c1" top: "c1" include { phase: TRAIN } }
+    layer { name: "aux" type: "InnerProduct" bottom: "c1" top: "aux" }
+    layer { name: "aux_loss" type: "SoftmaxWithLoss" bottom: "aux" bottom: "label" top: "aux_loss" }
+    layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2" }
+    layer { name: "r2" type: "ReLU" bottom: "c2" top: "c2" }
+    layer { name: "fc" type: "InnerProduct" bottom: "c2" top: "fc" }
+    """
+    from google.protobuf import text_format
+
+    from caffecam.nets.cam_surgery import cut
+
+    net = text_format.Parse(text, caffe_pb2.NetParameter())
+    trunk = cut(net, "c2")
+    assert [lp.name for lp in trunk.layers] == ["d", "d", "c1", "drop", "c2", "r2"]
+    assert [lp.name for lp in trunk.deploy] == ["c1", "c2", "r2"]
