@@ -53,7 +53,6 @@ curves: setup
 	$(PY) scripts/plot_curves.py
 
 bench: setup
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	$(PY) scripts/bench.py
 
 clean:

@@ -81,7 +81,7 @@ class Bench:
         self.notes, self.sections, self.loads, self.gpu_memory = [], {}, {}, {}
         self.torchcam = bench_cam.torchcam_methods()
         if self.torchcam is None:
-            self.notes.append("torchcam is not installed (pip install -r requirements-bench.txt): its entries are "
+            self.notes.append("torchcam is not installed (pip install -r requirements.txt): its entries are "
                               "null")
         if plan.width_div != 1 or plan.input_size != 224:
             self.notes.append(f"smoke run: a net of width/{plan.width_div} at {plan.input_size}x{plan.input_size} "
@@ -337,7 +337,7 @@ def build_parser():
                     "the CAM report page\nwith 10,000 entries in headless Chromium (first paint, filter, search, "
                     "detail view). Ratios are\nmeasured side by side in one run (median of interleaved rounds).",
         epilog="The full run takes a few minutes on a 2-core CPU (at most 10). torchcam comes from "
-               "requirements-bench.txt;\nwithout it its entries are null; without Chromium (apt-get install chromium "
+               "requirements.txt;\nwithout it its entries are null; without Chromium (apt-get install chromium "
                "chromium-driver) the page's are.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny nets and batches, seconds (for the tests)")

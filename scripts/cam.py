@@ -23,7 +23,8 @@ AUTO_LABELS = "data/class_labels.csv"
 
 def build_parser():
     p = argparse.ArgumentParser(
-        description="Class activation maps (CAM) of a GAP network: for each image a heat-map overlay with the\n"
+        description="Class activation maps of a Caffe classifier (CAM on a GAP network, else Grad-CAM or another\n"
+                    "of --method's gradient family): for each image a heat-map overlay with the\n"
                     "predicted class and its box (<stem>_cam.png), the top-k classes, probabilities and boxes\n"
                     "(<stem>_cam.json), optionally the raw maps (<stem>_cam.npy, float32 K×h×w) and a gallery;\n"
                     "for folders and list files also index.html, a page to browse them (filters, maps, boxes).\n"
@@ -34,7 +35,9 @@ def build_parser():
                "  scripts/cam.py --model prototxt/demo_deploy.prototxt --weights snapshots/demo/demo_iter_600"
                ".caffemodel \\\n      --labels data/demo/class_labels.csv --top-k 3 --gallery results/cam/gallery.png"
                " data/demo/images\n"
-               "  scripts/cam.py ... --eval-boxes data/demo/boxes.csv --thresholds 0.1:0.5:0.05 data/demo/val.txt",
+               "  scripts/cam.py ... --eval-boxes data/demo/boxes.csv --thresholds 0.1:0.5:0.05 data/demo/val.txt\n"
+               "  scripts/cam.py --model vgg16_deploy.prototxt --weights vgg16.caffemodel --method gradcam++ "
+               "--layer conv5_3 photo.jpg",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="images, folders or list files")
     add_model_args(p)
@@ -117,12 +120,15 @@ def main(argv=None):
         args.report = any(Path(i).is_dir() or Path(i).suffix.lower() in LIST_EXTS for i in args.inputs)
     report = None
     if args.report:
-        info = {"model": args.model, "weights": args.weights, "inputs": " ".join(map(str, args.inputs))}
+        info = {"model": args.model, "weights": args.weights, "inputs": " ".join(map(str, args.inputs)),
+                "method": f"{model.title} of {model.layers.describe()}"}
         more = f" and {len(args.inputs) - 1} more" if len(args.inputs) > 1 else ""
         report = ReportWriter(args.out, model.labels, args.box_threshold, args.alpha, args.top_k, boxes,
-                              title=f"CAM report: {Path(args.inputs[0]).name}{more}",
+                              title=f"{model.title} report: {Path(args.inputs[0]).name}{more}",
                               info={k: str(v) for k, v in info.items()})
-    print(f"CAM of {model.layers.describe()} on {model.device} ({model.precision}) "
+    if model.note:
+        print(model.note)
+    print(f"{model.title} of {model.layers.describe()} on {model.device} ({model.precision}) "
           f"for {len(items)} image(s)")
     result = run_cam(model, items, args.out, top_k=args.top_k, alpha=args.alpha, box_threshold=args.box_threshold,
                      save_maps=args.save_maps, gallery=args.gallery, batch_size=args.batch_size, workers=args.workers,

@@ -42,38 +42,44 @@ def inference_speeds(spec, rounds, budget_s, device):
 
 
 class _Tap(nn.Module):
-    """Wraps the layer that writes the feature blob: its first top goes through `features` (an nn.Identity), so
-    forward hooks see the tensor and gradients with respect to that output reach it."""
+    """Wraps the layer that writes the feature blob: its top number `position` goes through `features` (an
+    nn.Identity), so forward hooks see the tensor and gradients with respect to that output reach it."""
 
-    def __init__(self, layer, features):
+    def __init__(self, layer, features, position=0):
         super().__init__()
-        self.layer, self.features = layer, features
+        self.layer, self.features, self.position = layer, features, position
 
     def forward(self, *xs):
         tops = list(self.layer(*xs))
-        return [self.features(tops[0])] + tops[1:]
+        tops[self.position] = self.features(tops[self.position])
+        return tops
 
 
 class TorchcamAdapter(nn.Module):
     """A copy of a CamModel's net as torchcam expects a CNN: forward(x) -> class scores (N, classes); `features` is
-    the nn.Identity the feature blob flows through; `fc` an nn.Linear sharing the InnerProduct's weight and bias."""
+    the nn.Identity that `blob` (default: the model's feature blob) flows through after its last writer, so hooks see
+    the value Caffe holds in it (an in-place ReLU's output); `fc` an nn.Linear sharing the CAM classifier's weight and
+    bias, None when the model has no classifier weights (the gradient methods, SqueezeNet's identity head)."""
 
-    def __init__(self, model, channels_last=None):
+    def __init__(self, model, channels_last=None, blob=None):
         super().__init__()
         source, layers = model.net, model.layers
         net = Net(caffe_pb2.NetParameter(name=source.name, layer=source.layer_params), TEST)
         net.load_state_dict(source.state_dict())
-        pool = [lp.name for lp in net.layer_params].index(layers.pool_layer)
-        writer = max(i for i, lp in enumerate(net.layer_params[:pool]) if layers.feature_blob in lp.top)
+        blob = blob or layers.feature_blob
+        writer = max(i for i, lp in enumerate(net.layer_params) if blob in lp.top)
         self.net = net
         self.features = nn.Identity()
-        net.layers[writer] = _Tap(net.layers[writer], self.features)
-        ip = net.layer_by_name[layers.fc_layer]
-        rows, cols = classifier_weight(net, layers.fc_layer).shape
-        self.fc = nn.Linear(cols, rows, bias=len(ip.blobs) > 1)
-        self.fc.weight = ip.blobs[0] if not getattr(ip, "transpose", False) else nn.Parameter(ip.blobs[0].t())
-        self.fc.bias = ip.blobs[1] if len(ip.blobs) > 1 else None
-        self.score_blob, self.end = layers.score_blob, layers.fc_layer
+        net.layers[writer] = _Tap(net.layers[writer], self.features, list(net.layer_params[writer].top).index(blob))
+        self.fc = None
+        if layers.fc_layer is not None:
+            ip = net.layer_by_name[layers.fc_layer]
+            rows, cols = classifier_weight(net, layers.fc_layer).shape
+            self.fc = nn.Linear(cols, rows, bias=len(ip.blobs) > 1)
+            self.fc.weight = ip.blobs[0] if not getattr(ip, "transpose", False) else nn.Parameter(ip.blobs[0].t())
+            self.fc.bias = ip.blobs[1] if len(ip.blobs) > 1 else None
+        self.score_blob = layers.score_blob
+        self.end = net.layer_params[max(i for i, lp in enumerate(net.layer_params) if self.score_blob in lp.top)].name
         cl = model.channels_last if channels_last is None else channels_last
         self.to(model.device)
         if cl:

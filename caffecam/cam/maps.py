@@ -6,6 +6,7 @@ pooling, w[c] the classifier row of c. The bias is left out, as in the paper. Ma
 one einsum on the device; the per-channel loop and an autograd Grad-CAM are kept as references.
 """
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from caffecam.cam.gradients import TITLES, choose_layers, run_gradients, run_scorecam
 from caffecam.cam.pairs import classifier_weight, find_cam_layers, identity_weight
 from caffecam.engine import precision
 from caffecam.engine.net import TEST, Net
@@ -117,9 +119,13 @@ class CamModel:
     """A deploy net ready for CAM: finds the layers, preprocesses images, runs batches on the device."""
 
     def __init__(self, net, labels=None, feature_blob=None, fc_layer=None, mean=DEFAULT_MEAN, device=None,
-                 channels_last=None, labels_file=None, tf32=False):
+                 channels_last=None, labels_file=None, tf32=False, method=None, layer=None, score_batch=32,
+                 progress=True):
         self.net = net.eval()
-        self.layers = find_cam_layers(net, feature_blob, fc_layer)
+        # method None: CAM where the net has a CAM pair, else Grad-CAM with `note` saying why (cam/gradients.py).
+        self.layers, self.method, self.note = choose_layers(net, method, layer, feature_blob, fc_layer)
+        self.title = TITLES[self.method]
+        self.score_batch, self.progress = score_batch, progress
         images = [b for b in net.input_blobs if len(net.blob_shapes[b]) == 4]
         if not images:
             raise CaffeCamError(f"net '{net.name}': no 4-D image input blob among {net.input_blobs}")
@@ -135,14 +141,19 @@ class CamModel:
         self.net.to(self.device)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        if self.layers.identity:  # SqueezeNet: the class maps are the feature channels themselves
+        if self.method != "cam":  # the gradient family weighs the maps by gradients or scores, not a classifier
+            self.weight = None
+            self.num_classes = math.prod(net.blob_shapes[self.layers.score_blob][1:])
+        elif self.layers.identity:  # SqueezeNet: the class maps are the feature channels themselves
             self.weight = identity_weight(net.blob_shapes[self.layers.feature_blob][1], self.device)
         else:
             self.weight = classifier_weight(net, self.layers.fc_layer).detach()
-        self.num_classes = self.weight.shape[0]
+        if self.weight is not None:
+            self.num_classes = self.weight.shape[0]
         if labels is not None and len(labels) != self.num_classes:
             where = f"{labels_file}: " if labels_file else ""
-            head = self.layers.fc_layer or f"{self.layers.feature_blob} channels"
+            head = self.layers.fc_layer or (f"{self.layers.feature_blob} channels" if self.layers.identity
+                                            else self.layers.score_blob)
             raise CaffeCamError(f"{where}{len(labels)} class labels for a classifier of {self.num_classes} classes "
                                 f"('{head}'): wrong labels file or wrong prototxt?")
         self.labels = list(labels) if labels is not None else [str(i) for i in range(self.num_classes)]
@@ -187,6 +198,14 @@ class CamModel:
         appends the maps of given classes (e.g. the true ones) after the top-k."""
         if not 1 <= top_k <= self.num_classes:
             raise CaffeCamError(f"--top-k {top_k}: must be between 1 and the {self.num_classes} classes")
+        if self.method != "cam":
+            x = self.to_input(batch)
+            if self.method == "scorecam":
+                out = run_scorecam(self, x, top_k, extra_ids, self.score_batch, self.progress)
+            else:
+                out = run_gradients(self, x, top_k, extra_ids)
+            top_ids, top_p, probs, maps = (t.detach().cpu().numpy() for t in out)
+            return CamBatch(top_ids, top_p, probs, maps.astype(np.float32, copy=False))
         with torch.inference_mode():
             blobs = self.forward(self.to_input(batch))
             scores = blobs[self.layers.score_blob].float().flatten(1)

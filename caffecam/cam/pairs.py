@@ -18,6 +18,15 @@ CLASSIFIERS = {"InnerProduct", "Convolution"}
 OVERRIDE = "name the pair with --feature-blob and --fc-layer"
 
 
+class NoCamPair(CaffeCamError):
+    """The net has no head CAM can read (no global average pooling before a linear classifier, or a non-linear layer
+    between them); `reason` says which in a few words, for the line that announces the Grad-CAM fallback."""
+
+    def __init__(self, message, reason):
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class CamLayers:
     feature_blob: str  # the blob the global average pooling reads (A_k)
@@ -98,10 +107,12 @@ def _head_after(net, index):
         if lp.type in CLASSIFIERS:
             return j, lp.top[0]
         if lp.type not in PASS_THROUGH:
-            raise CaffeCamError(
+            raise NoCamPair(
                 f"net '{net.name}': {lp.type} layer '{lp.name}' sits between the global average pooling "
                 f"'{pool.name}' and the classifier; it is not linear in the map sum, so CAM would draw a wrong map; "
-                f"{OVERRIDE} to use another pair")
+                f"{OVERRIDE} to use another pair",
+                f"{lp.type} layer '{lp.name}' after the global average pooling '{pool.name}' is not linear in the "
+                "map sum")
         blob, i = lp.top[0], j
 
 
@@ -142,10 +153,11 @@ def find_cam_layers(net, feature_blob=None, fc_layer=None):
     if found is None:
         wanted = "an InnerProduct layer" if fc_layer is None else f"classifier '{fc_layer}'"
         src = "a blob" if feature_blob is None else f"blob '{feature_blob}'"
-        raise CaffeCamError(
+        raise NoCamPair(
             f"net '{net.name}': found no {wanted} fed by a global average pooling of {src} (looked for a Pooling "
             "layer with pool: AVE and global_pooling: true or a kernel covering its whole input, whose top feeds an "
-            f"InnerProduct, a 1×1 Convolution or the Softmax); CAM needs that structure, or {OVERRIDE}")
+            f"InnerProduct, a 1×1 Convolution or the Softmax); CAM needs that structure, or {OVERRIDE}",
+            "no global average pooling feeds the classifier")
     index, feature, pool_name, score = found
     fshape = net.blob_shapes[feature]
     if len(fshape) != 4:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from caffecam.atomic import atomic_write_bytes
 from caffecam.cam.drawing import contact_sheet, overlay
+from caffecam.cam.gradients import METHODS
 from caffecam.cam.localize import (
     DEFAULT_BOX_THRESHOLD,
     LocalizationTally,
@@ -135,7 +136,8 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
         up = upsample_maps(res.maps, w, h)
         tops = [{"class_id": int(c), "class_name": model.labels[c], "prob": float(p),
                  "box": map_box(up[k], box_threshold)} for k, (c, p) in enumerate(zip(res.class_ids, res.probs))]
-        record = {"image": str(res.item.path), "width": w, "height": h, "top_k": tops}
+        record = {"image": str(res.item.path), "width": w, "height": h, "method": model.method,
+                  "layer": model.layers.feature_blob, "top_k": tops}
         thumb = scored = None
         if draw:
             strip = _strip(res.image, up, tops, alpha)
@@ -239,13 +241,23 @@ def evaluate_localization(model, items, boxes, thresholds=(DEFAULT_BOX_THRESHOLD
 
 def add_model_args(p):
     """The model, preprocessing, batching and box options of an argparse parser."""
-    p.add_argument("--model", help="deploy prototxt (a net ending in global average pooling + InnerProduct)")
+    p.add_argument("--model", help="deploy prototxt of a classifier (CAM needs global average pooling + a linear "
+                                   "classifier; the gradient methods take any)")
     p.add_argument("--weights", help=".caffemodel with the trained weights")
     p.add_argument("--labels", help="class_labels.csv (`id name` per line); without it classes are shown by id")
     p.add_argument("--mean", default=",".join(f"{v:g}" for v in DEFAULT_MEAN),
                    help="B,G,R mean subtracted from the [0, 255] pixels (default %(default)s)")
-    p.add_argument("--feature-blob", help="blob holding the feature maps (default: found from the graph)")
-    p.add_argument("--fc-layer", help="classifier layer (default: the InnerProduct after the global average pooling)")
+    p.add_argument("--method", choices=METHODS,
+                   help="cam: the classifier's weights on the maps its global average pooling reads; gradcam, "
+                        "gradcam++, xgradcam, layercam, scorecam: the gradient family on --layer, for any classifier "
+                        "(default: cam when the net ends in global average pooling and a linear classifier, else "
+                        "gradcam, with a line saying why)")
+    p.add_argument("--layer", metavar="BLOB",
+                   help="blob the gradient methods explain (default: the last spatial blob before the classifier, "
+                        "e.g. conv5 of AlexNet, conv5_3 of VGG16, with the value its in-place ReLU left in it)")
+    p.add_argument("--feature-blob", help="CAM: blob holding the feature maps (default: found from the graph)")
+    p.add_argument("--fc-layer", help="CAM: classifier layer (default: the InnerProduct or 1×1 Convolution after the "
+                                      "global average pooling)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
     p.add_argument("--tf32", action="store_true",
@@ -281,7 +293,8 @@ def check_model_args(args, hint=""):
 def model_from_args(args):
     return CamModel.from_files(args.model, args.weights, args.labels, feature_blob=args.feature_blob,
                                fc_layer=args.fc_layer, mean=parse_mean(args.mean), device="cpu" if args.cpu else None,
-                               channels_last=args.channels_last, tf32=args.tf32)
+                               channels_last=args.channels_last, tf32=args.tf32, method=args.method, layer=args.layer,
+                               score_batch=args.batch_size, progress=not args.no_progress)
 
 
 def report_localization(summary, json_path=None, unscored_why="no label or no box"):

@@ -78,7 +78,7 @@ def test_folder_with_a_broken_file(tiny, tmp_path):
         if stem == "one":  # RGBA 200 at alpha 200: composited on black
             image = np.full((1, 1, 3), round(200 * 200 / 255), np.uint8)
         h, w = image.shape[:2]
-        assert set(record) == {"image", "width", "height", "top_k"}
+        assert set(record) == {"image", "width", "height", "method", "layer", "top_k"}
         assert record["image"] == str(d / "imgs" / rel) and (record["width"], record["height"]) == (w, h)
         ids, probs, maps = reference_maps(net, image, 2)
         assert [t["class_id"] for t in record["top_k"]] == ids.tolist()
@@ -111,12 +111,18 @@ def test_single_image_top1_and_bad_options(tiny, tmp_path):
     assert r.returncode == 1 and "nowhere.png: no such file" in r.stderr
 
 
-def test_net_without_gap_is_refused(tmp_path):
+def test_net_without_gap_falls_back_to_gradcam_and_refuses_cam(tmp_path):
     text = ORACLE.replace("pool: AVE global_pooling: true", "pool: MAX global_pooling: true")
     (tmp_path / "max.prototxt").write_text(text)
     save_caffemodel(Net(parse_text(text, caffe_pb2.NetParameter)), tmp_path / "w.caffemodel")
     cv2.imwrite(str(tmp_path / "x.png"), np.zeros((8, 8, 3), np.uint8))
-    r = run(CAM, "--model", tmp_path / "max.prototxt", "--weights", tmp_path / "w.caffemodel", tmp_path / "x.png")
+    common = ["--model", tmp_path / "max.prototxt", "--weights", tmp_path / "w.caffemodel", "--out", tmp_path / "o"]
+    r = run(CAM, *common, tmp_path / "x.png")
+    assert r.returncode == 0, r.stderr
+    assert ("no CAM pair in net 'oracle': no global average pooling feeds the classifier; using Grad-CAM of 'feat'"
+            in r.stdout and "Grad-CAM of 'feat' (scores 'fc') on cpu" in r.stdout)
+    assert json.loads((tmp_path / "o" / "x_cam.json").read_text())["method"] == "gradcam"
+    r = run(CAM, *common, "--method", "cam", tmp_path / "x.png")
     assert r.returncode == 1 and "global average pooling" in r.stderr and "Traceback" not in r.stderr
 
 
