@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from caffecam.engine import netparam
 from caffecam.engine.layers import INPUT_TYPES
 from caffecam.engine.net import Net
 from caffecam.engine.prototxt import read_net
+from caffecam.engine.upgrade import upgrade_net
 from caffecam.engine.weights import load_weights
 from caffecam.errors import CaffeCamError, main_guard
 from caffecam.proto import caffe_pb2
@@ -66,10 +66,8 @@ def dims_text(shape):
 
 
 def upgrade_notes(net_param):
-    """What Caffe's UpgradeNetAsNeeded would change in this file, in words (it is done here the same way)."""
-    notes = []
-    if len(net_param.layers):
-        notes.append("legacy V1 `layers` upgraded to `layer`")
+    """What Caffe's UpgradeNetAsNeeded changes in this file, in words (upgrade.py does it the same way)."""
+    notes = upgrade_net(net_param)[1]
     if len(net_param.input_dim):
         notes.append("legacy `input_dim` header read as an input shape")
     elif len(net_param.input):
@@ -176,9 +174,8 @@ def main(argv=None):
         raise CaffeCamError(f"--iterations {args.iterations}: must be at least 1")
     phase = caffe_pb2.TRAIN if args.phase == "TRAIN" else caffe_pb2.TEST
     net_param = read_net(args.prototxt)
-    for note in upgrade_notes(net_param):
+    for note in upgrade_notes(net_param):  # a file mixing both layer lists is refused here, before anything else
         print(f"{args.prototxt}: {note}, as Caffe upgrades it", file=sys.stderr)
-    netparam.current_layers(net_param)  # a file mixing both layer lists is refused before anything else
     # Shapes only: the parameters are meta tensors, so a net far too large for this machine is still described;
     # --time computes, so there they are allocated.
     net = Net(net_param, phase, input_shapes=input_shapes, seed=0, level=args.level, stages=args.stage,

@@ -40,9 +40,13 @@ def read_caffemodel(path):
 
 
 def caffemodel_blobs(net_param):
-    """[(layer name, [arrays])] for every layer of the file (legacy `layers` and current `layer`), blob-less ones
-    included."""
-    return [(lp.name, [blob_to_array(b) for b in lp.blobs]) for lp in (*net_param.layers, *net_param.layer)]
+    """[(layer name, [arrays])] for every layer of the file, blob-less ones included: current `layer`, or legacy
+    `layers` (V1, or V0 with name and blobs in its `layer`), read in place rather than through upgrade.py, which
+    would copy every blob of a large file twice. Caffe refuses a file with both lists, as here."""
+    if len(net_param.layer) and len(net_param.layers):
+        raise CaffeCamError(f"net '{net_param.name}': mixes current `layer` and legacy `layers` fields")
+    legacy = [v1.layer if v1.HasField("layer") else v1 for v1 in net_param.layers]
+    return [(lp.name, [blob_to_array(b) for b in lp.blobs]) for lp in (*legacy, *net_param.layer)]
 
 
 @dataclass

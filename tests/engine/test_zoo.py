@@ -19,12 +19,15 @@ from tests.golden.golden import rel_err
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "zoo"
 NETS = sorted(p.stem for p in ZOO.glob("*.prototxt") if p.stem != "densenet121")
-# Forward on every net but these, whose forward (and formula weights) take several seconds each on 2 cores; their
-# layer types and structure are covered by ResNet-50 and Places365 VGG16 (same blocks, fewer of them).
-SHAPES_ONLY = {"resnet101", "resnet152", "places365_resnet152", "cam_vgg16"}
 # Relative error allowed against Caffe: 1e-5; 1e-4 for nets with BatchNorm. There each BatchNorm divides by the
 # standard deviation it measured, and 50+ convolutions in float32 (Caffe's im2col + GEMM summing in another order
-# than torch's convolution) accumulate rounding: worst measured 3.6e-5 (an inner ResNet-50 blob, 8 spot values).
+# than torch's convolution) accumulate rounding: worst measured 6.8e-6 on ResNet-50, 4.1e-5 on ResNet-101.
+# In the 152-layer ResNets float order allows no 1e-4: at res4b8_branch2b real Caffe's own float32 forward is 7.5e-5
+# from the exact (float64) forward of the same weights, ours 4.9e-5 on the other side, 1.2e-4 between the two. There
+# the test asks instead that ours be no farther from the exact forward than Caffe's is (a float64 forward, ~20 s on
+# 2 cores: done for ResNet-152 only; Places365's ResNet-152 has the same body, layer names and so formula weights).
+DEEP = {"resnet152", "places365_resnet152"}
+EXACT_CHECKED = "resnet152"
 TOL, TOL_BN = 1e-5, 1e-4
 
 
@@ -50,29 +53,51 @@ def test_shapes_are_caffes(name):
                                                                                         g["param_shapes"]]
 
 
-def formula_forward(name):
+def formula_forward(name, dtype=torch.float32):
     g = golden(name)
-    net = Net(read_net(ZOO / f"{name}.prototxt"), TEST, input_shapes={g["input"]: g["input_shape"]})
+    net = Net(read_net(ZOO / f"{name}.prototxt"), TEST, input_shapes={g["input"]: g["input_shape"]}).to(dtype)
     with torch.no_grad():
         for lp, layer in zip(net.layer_params, net.layers):
             for i, blob in enumerate(layer.blobs):
                 blob.copy_(torch.from_numpy(zw.blob_values(lp.type, lp.name, i, tuple(blob.shape),
                                                            g["bn_factor"].get(lp.name))))
-        return g, net.forward(torch.from_numpy(zw.net_input(tuple(g["input_shape"]))))
+        return g, net.forward(torch.from_numpy(zw.net_input(tuple(g["input_shape"]))).to(dtype))
 
 
-@pytest.mark.parametrize("name", [n for n in NETS if n not in SHAPES_ONLY])
-def test_forward_is_caffes(name):
-    g, blobs = formula_forward(name)
-    tol = TOL_BN if g["bn_factor"] else TOL
-    errors = {blob: rel_err(blobs[blob].numpy(), np.array(rec["values"], np.float32).reshape(rec["shape"]))
+def spot_errors(g, blobs, against=None):
+    """{blob: relative error} of the outputs and the spot values, against Caffe's (or, with `against`, of Caffe's
+    and ours both against those blobs)."""
+    def values(blob, idx=None):
+        v = blobs[blob].double().numpy()
+        return v if idx is None else v.ravel()[list(idx)]
+
+    errors = {blob: rel_err(values(blob), np.array(rec["values"], np.float32).reshape(rec["shape"]))
               for blob, rec in g["outputs"].items()}
     for blob, spots in g["spots"].items():
         idx, ref = zip(*spots)
-        errors[blob] = rel_err(blobs[blob].numpy().ravel()[list(idx)], ref)
+        errors[blob] = rel_err(values(blob, idx), ref)
+    return errors
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_forward_is_caffes(name):
+    g, blobs = formula_forward(name)
+    tol = TOL_BN if g["bn_factor"] else TOL
+    errors = spot_errors(g, blobs)
     worst = max(errors, key=errors.get)
     print(f"{name}: worst relative error {errors[worst]:.1e} ({worst})")  # shown with pytest -s
-    assert errors[worst] < tol, worst
+    if name not in DEEP:
+        assert errors[worst] < tol, worst
+        return
+    assert errors[worst] < 3 * tol, worst
+    if name != EXACT_CHECKED:
+        return
+    _, exact = formula_forward(name, torch.float64)
+    caffe_off = spot_errors(g, exact)
+    ours_off = {blob: rel_err(blobs[blob].double().numpy(), exact[blob].numpy()) for blob in errors}
+    for blob in errors:
+        # 2×: on the blobs where both are near float32's own resolution, either may be the closer one
+        assert ours_off[blob] <= max(2 * caffe_off[blob], tol / 10), (blob, ours_off[blob], caffe_off[blob])
 
 
 def test_densenet_ceil_mode_is_one_clear_line():

@@ -255,3 +255,13 @@ def test_time_needs_an_iteration(small, capsys):
         net_summary.main([str(small), "--time", "--iterations", "0"])
     assert exc.value.code != 0
     assert "--iterations 0" in capsys.readouterr().err
+
+
+def test_v0_file_is_upgraded_and_says_so():
+    path = ROOT / "tests" / "golden" / "upgrade" / "v0_net.prototxt"
+    out = run_script(path, "--json")
+    assert out.returncode == 0, out.stderr
+    assert "legacy V0 layers (lowercase types, V0 padding layers) upgraded to V1" in out.stderr
+    blobs = json.loads(out.stdout)["blobs"]
+    # real Caffe's shapes for the upgraded net: see tests/engine/test_upgrade.py
+    assert blobs["conv1"] == [2, 8, 16, 16] and blobs["prob"] == [2, 5] and "pad1" not in blobs
