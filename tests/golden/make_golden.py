@@ -117,6 +117,17 @@ def vision():
     add(f, "pool_ave_ceil_overhang", "Pooling", "pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }",
         [((1, 2, 6, 6), "n")])
     add(f, "pool_global_ave", "Pooling", "pooling_param { pool: AVE global_pooling: true }", [(IMG, "n")])
+    # MAX pooling's second top, the mask: PyTorch's own pooling, the explicit path (pad 2 > kernel/2), ties (values
+    # 0-2: the first maximum wins). Not here: a window wholly past the edge (kernel 2 < stride 3), whose mask −1 real
+    # Caffe's backward then uses as an index (bottom_diff[-1]: it aborts with "double free or corruption").
+    add(f, "pool_max_mask", "Pooling", "pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }",
+        [((2, 3, 8, 7), "n")], nt=2)
+    add(f, "pool_max_mask_pad2", "Pooling", "pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 2 }",
+        [((1, 2, 5, 6), "n")], nt=2)
+    add(f, "pool_max_mask_ties", "Pooling", "pooling_param { pool: MAX kernel_size: 3 stride: 2 }",
+        [((2, 2, 7, 7), "lab:3")], nt=2)
+    add(f, "pool_max_mask_global", "Pooling", "pooling_param { pool: MAX global_pooling: true }",
+        [((2, 3, 4, 5), "lab:3")], nt=2)
     add(f, "pool_global_max", "Pooling", "pooling_param { pool: MAX global_pooling: true }", [(IMG, "n")])
     add(f, "pool_rect_hw", "Pooling", "pooling_param { pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2 }",
         [(IMG, "n")])

@@ -72,3 +72,25 @@ def caffe_pool(x, kernel, stride, pad, ceil, is_max):
     if is_max:
         return F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil)
     return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=ceil, count_include_pad=True)
+
+
+def caffe_max_pool_with_mask(x, kernel, stride, pad, ceil):
+    """Caffe's MAX pooling and its second top, the mask: for each output the flat index h·W + w of the maximum in
+    its input plane, the first in scan order on ties (pooling_layer.cpp: `if (bottom_data[index] > top_data[pool_
+    index])`, as PyTorch's CPU kernel), −1 for a window wholly past the edge; float32, as Caffe stores it."""
+    out, fast = pool_plan(tuple(x.shape[-2:]), kernel, stride, pad, ceil)
+    h, w = x.shape[-2:]
+    if fast:
+        top, idx = F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil, return_indices=True)
+        return top, idx.to(torch.float32)
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    extra_h = max(0, (out[0] - 1) * sh + kh - h - ph)
+    extra_w = max(0, (out[1] - 1) * sw + kw - w - pw)
+    xp = F.pad(x, (pw, extra_w, ph, extra_h), value=-min(_FLT_MAX, torch.finfo(x.dtype).max))
+    top, idx = F.max_pool2d(xp, kernel, stride, return_indices=True)
+    top, idx = top[..., : out[0], : out[1]], idx[..., : out[0], : out[1]]
+    # indices into the padded plane, back to the input's; a maximum in the padding is Caffe's untouched −1
+    wp = w + pw + extra_w
+    row, col = idx // wp - ph, idx % wp - pw
+    inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+    return top, torch.where(inside, row * w + col, -1).to(torch.float32)

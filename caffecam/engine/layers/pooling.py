@@ -2,7 +2,7 @@
 
 import torch
 
-from caffecam.engine.kernels.pool_geometry import caffe_pool, pool_plan
+from caffecam.engine.kernels.pool_geometry import caffe_max_pool_with_mask, caffe_pool, pool_plan
 from caffecam.engine.kernels.stochastic_pool import stochastic_pool
 from caffecam.engine.layers.base import Layer, register
 from caffecam.proto import caffe_pb2
@@ -55,9 +55,20 @@ class Pooling(PoolingBase):
             self.stride = (p.stride_h, p.stride_w) if p.HasField("stride_h") else (p.stride,) * 2
             self.need_positive(kernel=self.kernel, stride=self.stride)
         self.ceil = p.round_mode == p.CEIL
-        return [(n, c) + self.check_geometry(self.mode, self.kernel, self.stride, self.pad, (h, w))]
+        # MAX pooling may have a second top, the mask of where each maximum came from (pooling_layer.hpp:
+        # MaxTopBlobs is 2 for MAX, 1 otherwise).
+        self.with_mask = len(lp.top) == 2
+        if len(lp.top) > (2 if self.mode == "MAX" else 1):
+            self.fail(f"{len(lp.top)} tops: {self.mode} pooling has one"
+                      + (" (or two: the pooled values and the mask of their positions)" if self.mode == "MAX" else ""))
+        top = (n, c) + self.check_geometry(self.mode, self.kernel, self.stride, self.pad, (h, w))
+        return [top, top] if self.with_mask else [top]
 
     def forward(self, x):
+        if self.with_mask:
+            kernel = tuple(x.shape[-2:]) if self.global_pooling else self.kernel
+            top, mask = caffe_max_pool_with_mask(x, kernel, self.stride, self.pad, self.ceil)
+            return [top, mask]
         if self.global_pooling:
             # The kernel is whatever size the input has now (Caffe reshapes it on every forward).
             return [self.pool(x, self.mode, tuple(x.shape[-2:]), (1, 1), (0, 0))]

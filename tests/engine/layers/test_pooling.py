@@ -232,3 +232,26 @@ def test_spp_sizes_and_errors():
 def test_gradcheck_spp():
     layer = build("name: 's' type: 'SPP' spp_param { pyramid_height: 2 pool: AVE }", [(1, 2, 5, 3)])
     gradcheck_layer(layer, torch.from_numpy(rand(1, 2, 5, 3, seed=76)), with_params=False)
+
+
+def test_max_mask_of_a_window_past_the_edge_is_minus_one():
+    # kernel 2, stride 3 on a width of 6, rounding up: windows start at 0, 3 and 6; the last covers columns 6-7, past
+    # the edge: Caffe leaves its value at −FLT_MAX and its mask at −1. Rows the same.
+    layer = build("name: 'p' type: 'Pooling' top: 'v' top: 'm' pooling_param { pool: MAX kernel_size: 2 stride: 3 }",
+                  [(1, 1, 6, 6)])
+    x = np.arange(36, dtype=np.float64).reshape(1, 1, 6, 6)
+    value, mask = run(layer, x)
+    assert value.shape == mask.shape == (1, 1, 3, 3) and mask.dtype == np.float32
+    # window (i, j) starts at (3i, 3j): its maximum is its bottom-right cell, (3i + 1)·6 + 3j + 1
+    expected = np.array([[(3 * i + 1) * 6 + 3 * j + 1 for j in range(2)] + [-1] for i in range(2)] + [[-1] * 3])
+    np.testing.assert_array_equal(mask[0, 0], expected)
+    np.testing.assert_array_equal(value[0, 0][:2, :2], expected[:2, :2])
+    assert value[0, 0, 2, 2] == -np.finfo(np.float32).max
+
+
+def test_mask_top_only_for_max():
+    with pytest.raises(CaffeCamError, match=r"2 tops: AVE pooling has one$"):
+        build("name: 'p' type: 'Pooling' top: 'v' top: 'm' pooling_param { pool: AVE kernel_size: 2 }", [(1, 1, 4, 4)])
+    with pytest.raises(CaffeCamError, match="3 tops: MAX pooling has one .or two"):
+        build("name: 'p' type: 'Pooling' top: 'a' top: 'b' top: 'c' pooling_param { pool: MAX kernel_size: 2 }",
+              [(1, 1, 4, 4)])
