@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import scipy.io
 
 from caffecam.atomic import atomic_write_bytes
 from caffecam.data.datum import encode_datum, lmdb_key, write_lmdb
+from caffecam.data.transform import read_image
 from caffecam.errors import CaffeCamError
 from caffecam.textfile import content_lines
 
@@ -199,13 +199,12 @@ def split_by_video(items, val_fraction=0.1, seed=0):
 
 
 def _load_resized(images_dir, relpath, size):
-    img = cv2.imread(str(Path(images_dir) / relpath), cv2.IMREAD_COLOR)
-    if img is None:
-        raise CaffeCamError(f"{Path(images_dir) / relpath}: OpenCV cannot decode this image; delete it (it will "
-                            f"then be skipped as missing) or replace it, and run again")
-    if size:
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-    return img
+    """The image as the LMDB stores it, read with the list readers' guards (a decompression bomb is refused from its
+    header, before decoding)."""
+    path = Path(images_dir) / relpath
+    again = "and run again (a missing image is skipped)"
+    return read_image(path, True, size, size, where="prepare_mpii", fix=f"delete or replace it {again}",
+                      drop=f"delete it {again}")
 
 
 def write_image_lmdb(path, images_dir, entries, size=256, workers=None, quality=95, progress=True):

@@ -17,17 +17,18 @@ from caffecam.proto import caffe_pb2
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 
-def read_image(path, is_color=True, new_h=0, new_w=0, where=None, max_pixels=DEFAULT_MAX_PIXELS):
+def read_image(path, is_color=True, new_h=0, new_w=0, where=None, max_pixels=DEFAULT_MAX_PIXELS,
+               fix="fix or remove that line of the list", drop="remove that line"):
     """Caffe's ReadImageToCVMat: H×W×C uint8 BGR (C=1 when not is_color), resized to new_w×new_h when both > 0.
 
     Raises CaffeCamError naming `where` (default: the path) and the file when it is missing, has more than
     `max_pixels` pixels (read from its header, before decoding: a decompression bomb allocates nothing) or
-    cannot be decoded (Caffe: `Could not open or find file`).
+    cannot be decoded (Caffe: `Could not open or find file`), with `fix` (for a huge image: shrink it or `drop`),
+    what to do about it.
     """
     where = where or str(path)
     if (new_h > 0) != (new_w > 0):
         raise CaffeCamError(f"{where}: new_height and new_width must both be 0 or both be > 0, got {new_h}, {new_w}")
-    fix = "fix or remove that line of the list"
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -38,7 +39,7 @@ def read_image(path, is_color=True, new_h=0, new_w=0, where=None, max_pixels=DEF
         raise CaffeCamError(f"{where}: image '{path}' cannot be read ({exc.strerror or exc}); {fix}") from None
     too_big = too_many_pixels(head, size, max_pixels)
     if too_big:
-        raise CaffeCamError(f"{where}: image '{path}' {too_big} (--max-pixels); shrink it or remove that line")
+        raise CaffeCamError(f"{where}: image '{path}' {too_big} (--max-pixels); shrink it or {drop}")
     try:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
     except cv2.error as exc:  # e.g. over OpenCV's own pixel limit, for a format whose header is not read above
@@ -49,7 +50,7 @@ def read_image(path, is_color=True, new_h=0, new_w=0, where=None, max_pixels=DEF
     if img.shape[0] * img.shape[1] > max_pixels:
         raise CaffeCamError(f"{where}: image '{path}' is {img.shape[1]}×{img.shape[0]} = "
                             f"{img.shape[0] * img.shape[1]:,} pixels, over the limit of {max_pixels:,} pixels "
-                            "(--max-pixels); shrink it or remove that line")
+                            f"(--max-pixels); shrink it or {drop}")
     if new_h > 0:
         img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     if img.ndim == 2:

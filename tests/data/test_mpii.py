@@ -9,6 +9,7 @@ import scipy.io
 from caffecam.data.datum import decode_datum, iter_lmdb
 from caffecam.data.mpii import prepare
 from caffecam.errors import CaffeCamError
+from tests.bombs import bomb_png
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import prepare_mpii  # noqa: E402
@@ -180,3 +181,15 @@ def test_script_writes_lmdb(tmp_path, capsys):
         prepare_mpii.main(["--annotations", str(mat), "--images", str(images), "--lmdb", "--workers", "-1"])
     assert exc.value.code == 1
     assert capsys.readouterr().err == "error: --workers must be at least 1 (or left out for all cores), got -1\n"
+
+
+def test_lmdb_refuses_a_decompression_bomb_in_one_line(tmp_path, capsys):
+    mat, images, _ = build_mpii(tmp_path)
+    victim = sorted(images.iterdir())[0]
+    victim.write_bytes(bomb_png())  # 1.6 gigapixels in 200 kB, under a .jpg name
+    with pytest.raises(SystemExit) as exc:
+        prepare_mpii.main(["--annotations", str(mat), "--images", str(images), "--out", str(tmp_path / "d"),
+                           "--classes", "3", "--val-fraction", "0.2", "--lmdb", "--no-progress"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"image '{victim}' is 40000×40000" in err and "delete it and run again" in err
