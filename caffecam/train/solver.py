@@ -130,7 +130,8 @@ class Solver:
         fast = self.net.winograd_layers() if self.device.type == "cpu" else []  # engine: CAFFE keeps a layer direct
         if fast:
             self._info(f"Winograd F(2x2,3x3) convolution for {', '.join(fast)}")
-        self.batch_size = self.train_feeds[0].batch_size
+        # images per iteration: the first data layer's batch (DummyData and MemoryData make theirs in the net)
+        self.batch_size = self.train_feeds[0].batch_size if self.train_feeds else self.net.layers[0].top_shapes[0][0]
         self._losses, self.smoothed_loss = [], 0.0
         self.data_wait_s = 0.0  # time spent waiting for training batches (bench: how much data loading stalls)
 

@@ -367,3 +367,30 @@ def test_batch_norm_statistics_follow_the_running_average_and_never_the_update()
 def ref_bn_update(batch, mean, var, factor, fraction):
     m = len(batch)
     return (batch.mean(0) + fraction * mean, batch.var(0) * m / (m - 1) + fraction * var, factor * fraction + 1)
+
+
+def test_dummy_data_net_trains():
+    # DummyData makes its tops inside the net (no feed): constant images of 18 ones, label 1, a zero classifier (no
+    # fillers), plain SGD: the first loss is that of three equal scores, ln 3, and two steps follow by hand.
+    sp = parse_text('base_lr: 0.5 lr_policy: "fixed" max_iter: 2 display: 1 snapshot_after_train: false',
+                    caffe_pb2.SolverParameter)
+    sp.net_param.CopyFrom(parse_text('''
+        layer { name: "data" type: "DummyData" top: "data" top: "label"
+          dummy_data_param { shape { dim: 5 dim: 2 dim: 3 dim: 3 } shape { dim: 5 }
+                             data_filler { type: "constant" value: 1 } data_filler { type: "constant" value: 1 } } }
+        layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 3 } }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }''',
+        caffe_pb2.NetParameter))
+    stream = io.StringIO()
+    s = Solver(sp, "solver.prototxt", "cpu", CaffeLogger(None, stream=stream))
+    assert s.batch_size == 5
+    s.solve()
+    losses = dict(re.findall(r"Iteration (\d+) \(.*?\), loss = ([\d.e+-]+)", stream.getvalue()))
+    assert float(losses["0"]) == pytest.approx(np.log(3), rel=1e-5)
+    w, b, x, y = np.zeros((3, 18)), np.zeros(3), np.ones(18), np.eye(3)[1]
+    for _ in range(2):
+        z = w @ x + b
+        p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        w, b = w - 0.5 * np.outer(p - y, x), b - 0.5 * (p - y)
+    np.testing.assert_allclose(s.net.params["fc"][1].detach().numpy(), b, rtol=1e-5)
+    np.testing.assert_allclose(s.net.params["fc"][0].detach().numpy(), w, rtol=1e-5)
