@@ -1,18 +1,24 @@
 """The gradient family (cam/gradients.py) against torchcam 0.5 on the same Caffe nets through the adapter, Grad-CAM++
 against the paper's formula in NumPy, Grad-CAM against CAM × h·w, and the choice of method and blob."""
 
+import importlib.util
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torchcam.methods import CAM, GradCAM, LayerCAM, ScoreCAM, SmoothGradCAMpp, XGradCAM
 
 from caffecam.bench.cam import TorchcamAdapter
-from caffecam.cam.gradients import choose_layers, default_layer, score_layers
+from caffecam.cam.gradients import TITLES, choose_layers, default_layer, score_layers
 from caffecam.cam.maps import CamModel
 from caffecam.engine.net import TEST, Net
 from caffecam.engine.prototxt import parse_text
+from caffecam.engine.weights import save_caffemodel
 from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
+from tests.cam.report_helpers import ORACLE3, make_images, oracle3_net
 
 BODY = """
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 24 dim: 24 } } }
@@ -40,6 +46,7 @@ layer { name: "relu3" type: "ReLU" bottom: "hidden" top: "hidden" }
 layer { name: "fc" type: "InnerProduct" bottom: "hidden" top: "fc"
   inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 1 } } }
 """ + SOFTMAX
+REPO = Path(__file__).resolve().parents[2]
 TORCHCAM = {"gradcam": GradCAM, "xgradcam": XGradCAM, "layercam": LayerCAM, "scorecam": ScoreCAM}
 
 
@@ -172,3 +179,56 @@ def test_scorecam_chunks_do_not_change_the_maps():
     a = CamModel(net, mean=(0,), device="cpu", method="scorecam", score_batch=1).run(xs, 1)
     b = CamModel(net, mean=(0,), device="cpu", method="scorecam", score_batch=64).run(xs, 1)
     np.testing.assert_allclose(a.maps, b.maps, rtol=1e-5, atol=1e-6 * np.abs(a.maps).max())
+
+
+# ---- the pipeline: overlays, JSON, maps, report page and localization for every method ----------------------------
+
+@pytest.fixture(scope="module")
+def oracle_data(tmp_path_factory):
+    """The report helpers' labelled images and boxes, their net whose class maps are the B, G, R channels, and the
+    CAM run on them (in root/cam)."""
+    root = tmp_path_factory.mktemp("oracle")
+    make_images(root / "data")
+    (root / "oracle.prototxt").write_text(ORACLE3)
+    save_caffemodel(oracle3_net(), root / "oracle.caffemodel")
+    cam_run(root, "cam")
+    return root
+
+
+def cam_run(root, method):
+    out = root / method
+    spec = importlib.util.spec_from_file_location("cam_script", REPO / "scripts" / "cam.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--no-progress", "--model", str(root / "oracle.prototxt"), "--weights",
+                 str(root / "oracle.caffemodel"), "--mean", "0", "--method", method, "--top-k", "2", "--save-maps",
+                 "--box-threshold", "0.3", "--eval-boxes", str(root / "data" / "boxes.csv"), "--eval-json",
+                 str(out / "loc.json"), "--out", str(out), str(root / "data" / "val.txt")])
+    return out
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "layercam", "scorecam"])
+def test_pipeline_runs_every_method(oracle_data, method, capsys):
+    # On this net y_c = 0.05·mean(A_c) (A the ReLU'd B, G, R channels, all ≥ 0), so ∂y_c/∂A_k = 0.05/Z·[k = c]:
+    # Grad-CAM, XGrad-CAM and Layer-CAM give CAM/Z, Grad-CAM++ CAM times a positive factor per image; the boxes (a
+    # fraction of each map's maximum) and the localization scores are CAM's. Score-CAM weighs every channel.
+    cam, out = oracle_data / "cam", cam_run(oracle_data, method)
+    printed = capsys.readouterr().out
+    assert f"{TITLES[method]} of 'feat' (scores 'fc') on cpu" in printed and "report: " in printed
+    page = (out / "index.html").read_text()
+    assert f"<title>{TITLES[method]} report: val.txt</title>" in page
+    names = sorted(p.name for p in cam.glob("*_cam.json"))
+    assert names == sorted(p.name for p in out.glob("*_cam.json")) and len(names) == 15
+    for name in names:
+        ours, ref = (json.loads((d / name).read_text()) for d in (out, cam))
+        assert (ours["method"], ours["layer"], ref["method"]) == (method, "feat", "cam")
+        assert [t["class_id"] for t in ours["top_k"]] == [t["class_id"] for t in ref["top_k"]]
+        maps = np.load(out / name.replace(".json", ".npy"))
+        assert maps.shape == (2, 32, 32) and (maps >= 0).all()
+        if method != "scorecam":
+            assert [t["box"] for t in ours["top_k"]] == [t["box"] for t in ref["top_k"]]
+            np.testing.assert_allclose(unit(maps), unit(np.load(cam / name.replace(".json", ".npy"))), atol=1e-5)
+    loc, ref = (json.loads((d / "loc.json").read_text()) for d in (out, cam))
+    assert loc["accuracy"] == ref["accuracy"] == 12 / 15
+    if method != "scorecam":
+        assert loc == ref
