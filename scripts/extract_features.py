@@ -11,7 +11,6 @@ import numpy as np
 
 from caffecam.allocator import keep_freed_memory
 from caffecam.cam.features import (
-    Preprocess,
     array_batches,
     batch_count,
     check_blobs,
@@ -20,9 +19,9 @@ from caffecam.cam.features import (
     image_input,
     save_features,
 )
-from caffecam.cam.maps import parse_mean
-from caffecam.data.datum import read_mean_binaryproto
 from caffecam.data.images import collect_inputs
+from caffecam.data.net_input import NetInput, add_input_args, input_options
+from caffecam.engine import precision
 from caffecam.engine.net import TEST, Net
 from caffecam.engine.prototxt import read_net
 from caffecam.engine.weights import copy_weights, read_caffemodel
@@ -50,13 +49,12 @@ def build_parser():
     p.add_argument("--input", metavar="X.npy",
                    help="feed this N×C×H×W float32 array (already preprocessed) as the net's input blob instead of "
                         "images; the net takes its batch size and H×W from the array")
-    mean = p.add_mutually_exclusive_group()
-    mean.add_argument("--mean", default="104,117,123", help="B,G,R mean subtracted from [0, 255] pixels, or one "
-                                                            "value (default %(default)s)")
-    mean.add_argument("--mean-file", help="mean image (Caffe's mean.binaryproto) instead of --mean")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply (pixel − mean) by this (default 1)")
+    add_input_args(p)
     p.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass (default %(default)s)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast (CUDA, or a CPU with AVX512-BF16/AMX); blobs saved as float32 (off by "
+                        "default)")
     p.add_argument("--root", help="folder that relative paths in list files start from (default: the list's folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -108,8 +106,7 @@ def main(argv=None):
         if not items:
             raise CaffeCamError(f"no images found in {' '.join(args.inputs)}")
         _, _, height, width = net.blob_shapes[input_blob]
-        mean = read_mean_binaryproto(args.mean_file) if args.mean_file else parse_mean(args.mean)
-        prep = Preprocess(height, width, mean, args.scale)
+        prep = NetInput(height, width, **input_options(args))
         batches = image_batches([it.path for it in items], prep, args.batch_size, failures)
         total = batch_count(len(items), args.batch_size)
     report = copy_weights(net, weights, args.weights)
@@ -117,7 +114,9 @@ def main(argv=None):
         print(f"warning: {args.weights} has no weights for {', '.join(report.fresh)}; those layers keep their "
               "fillers' values", file=sys.stderr)
     device = "cpu" if args.cpu or not _cuda() else "cuda"
-    features, names = extract(net, input_blob, batches, blobs, total, device, not args.no_progress)
+    if args.bf16:
+        print(precision.check_bf16(device))
+    features, names = extract(net, input_blob, batches, blobs, total, device, not args.no_progress, args.bf16)
     save_features(args.out, features, names)
     print(f"wrote {args.out}: {len(names)} input(s); " + ", ".join(f"{b} {features[b].shape}" for b in blobs))
     if failures:

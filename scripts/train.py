@@ -7,8 +7,10 @@ Examples:
 
 On the CPU, wide 3×3 convolutions run as Winograd F(2×2,3×3) (the log names them; `engine: CAFFE` on a layer or
 CAFFECAM_WINOGRAD=0 keeps them direct), and malloc keeps freed memory for the next step (CAFFECAM_KEEP_MEMORY=0
-turns that off). On CUDA, float32 stays IEEE float32 (TF32 only with --tf32) and cuDNN is deterministic when
-random_seed >= 0, so that a resume continues the same run; the log's first lines say which.
+turns that off). --bf16 runs convolutions and matrix products in bfloat16 (on CUDA, or on a CPU with AVX512-BF16 or
+AMX; refused with one line elsewhere), weights and Caffe's update staying float32. On CUDA, float32 stays IEEE
+float32 (TF32 only with --tf32) and cuDNN is deterministic when random_seed >= 0, so that a resume continues the
+same run; the log's first lines say which.
 """
 
 import sys
@@ -53,7 +55,9 @@ def parse_args(argv):
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                     help="channels_last memory format (default: on for the CPU, where it is faster and equal to "
                          "float noise; off on CUDA unless asked for)")
-    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA (off by default: fidelity first)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bfloat16 autocast, on CUDA or on a CPU with native bfloat16 (AVX512-BF16/AMX); weights "
+                         "and updates stay float32 (off by default: fidelity first)")
     ap.add_argument("--tf32", action="store_true",
                     help="let CUDA round float32 convolutions and matrix products to TF32 (off by default: about "
                          "1e-3 times the float32 error)")
@@ -209,9 +213,8 @@ def main(argv=None):
     solver = group = None
     try:
         device = choose_device(sp, args, local_rank, warn)
-        for flag, on in (("--bf16", args.bf16), ("--tf32", args.tf32)):
-            if on and device.type != "cuda":
-                warn(f"{flag} applies to CUDA only; training in float32 on the CPU")
+        if args.tf32 and device.type != "cuda":
+            warn("--tf32 applies to CUDA only; training in float32 on the CPU")
         group = distributed.Group(device) if world > 1 else None
         if logger is not None:
             logger.info(f"Using {device} ({world} process{'es' if world > 1 else ''}); log file {log_path}")

@@ -9,15 +9,14 @@ import difflib
 import io
 import math
 import sys
-from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from caffecam.atomic import atomic_write_bytes
 from caffecam.data.images import ImageLoadError, load_image
+from caffecam.engine import precision
 from caffecam.errors import CaffeCamError
 
 
@@ -41,44 +40,13 @@ def image_input(net):
     return images[0]
 
 
-@dataclass
-class Preprocess:
-    """H×W×3 uint8 BGR image -> C×H×W float32 as the net's input: resized to the input size, (pixel − mean) · scale.
-
-    mean: B,G,R values, or a C×H'×W' mean image (a mean file; centre-cropped when larger than the input, as Caffe's
-    TEST-phase crop takes it).
-    """
-    height: int
-    width: int
-    mean: np.ndarray | tuple = (0.0,)
-    scale: float = 1.0
-
-    def __post_init__(self):
-        mean = np.asarray(self.mean, np.float32)
-        if mean.ndim == 3:
-            c, h, w = mean.shape
-            if c != 3 or h < self.height or w < self.width:
-                raise CaffeCamError(f"mean file is {c}×{h}×{w}; the net's input is 3×{self.height}×{self.width}: "
-                                    "it needs 3 channels and at least the input's size")
-            top, left = (h - self.height) // 2, (w - self.width) // 2
-            mean = mean[:, top:top + self.height, left:left + self.width]
-        else:
-            mean = mean.reshape(-1, 1, 1)
-        self._mean = mean
-
-    def __call__(self, image):
-        if image.shape[:2] != (self.height, self.width):
-            image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
-        x = image.transpose(2, 0, 1).astype(np.float32) - self._mean
-        return x * np.float32(self.scale) if self.scale != 1 else x
-
-
 def image_batches(paths, preprocess, batch_size, failures):
-    """Batches (names, N×C×H×W float32) of images; an image that fails is appended to `failures` and skipped."""
+    """Batches (names, N×C×H×W float32) of images; an image that fails is appended to `failures` and skipped.
+    `preprocess`: image -> H×W×C float32 (a data.net_input.NetInput)."""
     names, batch = [], []
     for path in paths:
         try:
-            batch.append(preprocess(load_image(path)))
+            batch.append(preprocess(load_image(path)).transpose(2, 0, 1))
             names.append(str(path))
         except ImageLoadError as exc:
             failures.append(str(exc))
@@ -106,8 +74,9 @@ def last_writer(net, blobs):
     return last
 
 
-def extract(net, input_blob, batches, blobs, total=None, device="cpu", progress=True):
-    """Run `batches` ((names, array) pairs) through `net`, keeping `blobs`. -> ({blob: array}, names)."""
+def extract(net, input_blob, batches, blobs, total=None, device="cpu", progress=True, bf16=False):
+    """Run `batches` ((names, array) pairs) through `net`, keeping `blobs` (as float32, also with `bf16`, bfloat16
+    autocast). -> ({blob: array}, names)."""
     check_blobs(net, blobs)
     end = last_writer(net, set(blobs))
     others = [b for b in net.input_blobs if b != input_blob]
@@ -119,7 +88,8 @@ def extract(net, input_blob, batches, blobs, total=None, device="cpu", progress=
             feeds = {input_blob: torch.from_numpy(x).to(device)}
             for b in others:  # e.g. a `label` input of a deploy net: zeros, as the CAM tools feed it
                 feeds[b] = torch.zeros((len(x),) + tuple(net.blob_shapes[b][1:]), device=device)
-            out = net(feeds, end=end) if end is not None else feeds
+            with precision.autocast(device, bf16):
+                out = net(feeds, end=end) if end is not None else feeds
             for b in blobs:
                 kept[b].append(out[b].detach().float().cpu().numpy())
             names += batch_names

@@ -20,16 +20,20 @@ _OVERWRITABLE = {"Convolution", "InnerProduct", "Concat", "BatchNorm", "Scale", 
 _REDUCED = (torch.bfloat16, torch.float16)
 
 
+# Statistics over many values: in bfloat16 a sum of squares moves in steps of 2^-7 of itself, and BatchNorm's
+# moving average (fraction 0.999) would not move at all. LRN: a power of such a sum.
+_FLOAT32_TYPES = {"LRN", "BatchNorm", "MVN"}
+
+
 def _float32_layers(layer_params):
     """Indices of the layers that run in float32 under autocast (autocast's own rule for softmax, losses and pow):
-    LRN (a power of a sum of squares, which in bfloat16 moves in steps of 2^-7 near 1), the loss and Accuracy layers,
-    and the layers writing the scores they read (rounded to bfloat16, near scores tie and Accuracy counts a tie as
-    wrong)."""
+    _FLOAT32_TYPES, the Softmax, loss and Accuracy layers, and the layers writing the scores they read (rounded to
+    bfloat16, near scores tie, Accuracy counts a tie as wrong and the top-k probabilities would swap)."""
     out = set()
     for i, lp in enumerate(layer_params):
-        if lp.type == "LRN":
+        if lp.type in _FLOAT32_TYPES:
             out.add(i)
-        elif (lp.type == "Accuracy" or lp.type.endswith("Loss")) and lp.bottom:
+        elif (lp.type in ("Accuracy", "Softmax") or lp.type.endswith("Loss")) and lp.bottom:
             out.add(i)
             out.update(j for j in range(i) if lp.bottom[0] in layer_params[j].top)
     return out

@@ -12,7 +12,6 @@ CPU (shared, noisy): GoogLeNet-CAM batch 8 forward+backward 1.94 s vs 2.38 s con
 by 0.2% in channels_last and 0.8% contiguous). On CUDA it stays opt-in (fidelity first).
 """
 
-import contextlib
 import functools
 import math
 import secrets
@@ -79,10 +78,12 @@ class Solver:
         if channels_last is None:
             channels_last = self.device.type == "cpu"
         self.channels_last, self.on_iteration = channels_last, on_iteration
-        self.bf16 = bf16 and self.device.type == "cuda"
+        self.bf16 = bool(bf16)
         cuda_math = precision.configure(self.device, tf32, deterministic=sp.random_seed >= 0)
         if cuda_math:
             self._info(f"{cuda_math} (random_seed {sp.random_seed})")
+        if self.bf16:
+            self._info(f"{precision.check_bf16(self.device)}: parameters, gradients and updates in float32")
         solver_nets.check_numbers(sp, self.where)
         lr_policy.check(sp, self.where)
         self.kind = sgd.solver_type(sp, self.where)
@@ -127,7 +128,8 @@ class Solver:
         if not self.net.loss_weights:
             raise CaffeCamError(f"{self.where}: net '{self.net.name}' has no loss layer (e.g. SoftmaxWithLoss)")
         self._check_labels()
-        fast = self.net.winograd_layers() if self.device.type == "cpu" else []  # engine: CAFFE keeps a layer direct
+        # engine: CAFFE keeps a layer direct; bfloat16 autocast too (winograd.suits)
+        fast = self.net.winograd_layers() if self.device.type == "cpu" and not self.bf16 else []
         if fast:
             self._info(f"Winograd F(2x2,3x3) convolution for {', '.join(fast)}")
         # images per iteration: the first data layer's batch (DummyData and MemoryData make theirs in the net)
@@ -208,9 +210,7 @@ class Solver:
             torch.default_generator.manual_seed(seed)
 
     def _autocast(self):
-        if self.bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return precision.autocast(self.device, self.bf16)
 
     def _inputs(self, feeds):
         out = {}

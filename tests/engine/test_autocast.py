@@ -1,7 +1,7 @@
 """What bfloat16 autocast (`--bf16`) must leave in float32: the scores the loss and Accuracy read and their
 divisions, and LRN; and max pooling's −FLT_MAX, which bfloat16 cannot hold. CPU autocast lowers convolutions and
 matrix products to bfloat16 as CUDA's does, so these run on the CPU (and on CUDA too where there is a device).
-References: float64 NumPy."""
+References: float64 NumPy; a float32 forward for the closeness of a bfloat16 one."""
 
 import numpy as np
 import pytest
@@ -112,3 +112,47 @@ def test_max_pool_window_past_the_edge_stays_finite_in_bfloat16():
     assert torch.isfinite(y).all()
     np.testing.assert_array_equal(y[0, 0, :2, :2].float().numpy(), [[0, 3], [15, 18]])
     assert (y[0, 0, 2, :].float() == -torch.finfo(torch.bfloat16).max).all()
+
+
+SMALL_NET = """
+name: "small"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 3 dim: 16 dim: 16 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 32 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 64 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "gap" type: "Pooling" bottom: "conv2" top: "gap" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "gap" top: "fc"
+        inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 0.02 } } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+def test_bf16_forward_on_the_cpu_is_close_to_float32_and_ends_in_float32():
+    net = Net(parse_text(SMALL_NET, caffe_pb2.NetParameter), caffe_pb2.TEST, seed=4)
+    x = torch.from_numpy(np.random.default_rng(5).uniform(-100, 100, (4, 3, 16, 16)).astype(np.float32))
+    with torch.no_grad():
+        exact = net({"data": x})
+        with precision.autocast("cpu", True):
+            low = net({"data": x})
+    assert low["conv2"].dtype == torch.bfloat16  # the convolutions ran in bfloat16
+    assert low["fc"].dtype == low["prob"].dtype == torch.float32  # the scores and the Softmax: float32
+    for blob, tol in (("conv2", 2e-2), ("fc", 2e-2), ("prob", 2e-2)):  # measured 4.6e-3, 2.1e-3, 4.3e-3
+        a, b = low[blob].double(), exact[blob].double()
+        err = float((a - b).abs().max() / b.abs().max())
+        assert 1e-5 < err < tol, (blob, err)  # bfloat16's 8 bits: ~4e-3 a rounding, a few roundings deep
+    np.testing.assert_allclose(low["prob"].sum(1).numpy(), 1.0, rtol=1e-6)
+
+
+def test_winograd_stands_aside_under_bf16_autocast():
+    from caffecam.engine.kernels import winograd
+
+    x, w = torch.zeros(8, 128, 28, 28), torch.zeros(128, 128, 3, 3)
+    if not winograd.suits(x, w, (1, 1), (1, 1), (1, 1), 1):
+        pytest.skip("Winograd is off here (CAFFECAM_WINOGRAD=0)")
+    with precision.autocast("cpu", True):
+        assert not winograd.suits(x, w, (1, 1), (1, 1), (1, 1), 1)

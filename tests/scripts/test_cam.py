@@ -189,3 +189,41 @@ def test_help():
     for script in (CAM, EVAL):
         r = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and "--box-threshold" in r.stdout and "example" in r.stdout
+
+
+def test_preprocessing_options_and_bf16(tiny, tmp_path):
+    d, net = tiny
+    # A mean image larger than the 32×32 input, every pixel distinct: cam.py centre-crops it (offsets 1 and 2).
+    c, y, x = np.meshgrid(np.arange(3), np.arange(34), np.arange(36), indexing="ij")
+    mean = (0.3 * c + 0.01 * y + 0.002 * x).astype(np.float32)
+    from caffecam.data.datum import write_mean_binaryproto
+    write_mean_binaryproto(tmp_path / "mean.binaryproto", mean)
+    common = ["--model", d / "deploy.prototxt", "--weights", d / "w.caffemodel", "--labels", d / "labels.csv",
+              "--top-k", 3, "--save-maps", "--cpu", "--mean-file", tmp_path / "mean.binaryproto", "--scale", 0.5,
+              "--raw-scale", 1, "--channel-order", "RGB"]
+    image = cv2.imread(str(d / "imgs" / "a.png"))
+    # By hand: resize, B,G,R -> R,G,B, [0, 1] times raw scale 1, minus the cropped mean, times 0.5.
+    rgb = cv2.resize(image, (32, 32), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
+    x = ((rgb / 255.0).astype(np.float32) - mean[:, 1:33, 2:34].transpose(1, 2, 0)) * np.float32(0.5)
+    with torch.no_grad():
+        blobs = net(torch.from_numpy(x.transpose(2, 0, 1).copy())[None])
+    prob = blobs["prob"][0].numpy()
+    ids = np.argsort(-prob)
+    w = net.params["CAM_fc"][0].detach().numpy().astype(np.float64)
+    maps = np.tensordot(w[ids], blobs["CAM_conv"][0].numpy().astype(np.float64), axes=(1, 0))
+    for extra, rtol in (([], 1e-5), (["--bf16"], 2e-2)):
+        out = tmp_path / ("bf16" if extra else "fp32")
+        r = run(CAM, *common, *extra, "--out", out, d / "imgs" / "a.png")
+        assert r.returncode == 0, r.stderr
+        record = json.loads((out / "a_cam.json").read_text())
+        if not extra:
+            assert [t["class_id"] for t in record["top_k"]] == ids.tolist()
+        else:
+            assert "bfloat16 autocast" in r.stdout
+        got = {t["class_id"]: t["prob"] for t in record["top_k"]}
+        np.testing.assert_allclose([got[i] for i in ids], prob[ids], rtol=rtol, atol=rtol * 0.1)
+        raw = np.load(out / "a_cam.npy", allow_pickle=False)
+        order = [ids.tolist().index(t["class_id"]) for t in record["top_k"]]
+        np.testing.assert_allclose(raw, maps[order], rtol=rtol, atol=rtol * np.abs(maps).max())
+        if extra:  # bfloat16 did run: the maps moved by its rounding
+            assert np.abs(raw - maps[order]).max() > 1e-5 * np.abs(maps).max()

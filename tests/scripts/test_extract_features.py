@@ -143,6 +143,39 @@ def test_mean_file_and_scale(tmp_path, images):
     close(load(tmp_path / "f.npz")["data"][0], expect)
 
 
+def test_raw_scale_and_rgb_order(tmp_path, images):
+    folder, arrays = images
+    (tmp_path / "n.prototxt").write_text('name: "n" layer { name: "data" type: "Input" top: "data" input_param { '
+                                         'shape { dim: 1 dim: 3 dim: 8 dim: 6 } } }')
+    save_caffemodel(Net(read_net(tmp_path / "n.prototxt")), tmp_path / "w.caffemodel")
+    run("--model", tmp_path / "n.prototxt", "--weights", tmp_path / "w.caffemodel", "--blobs", "data",
+        "--out", tmp_path / "f.npz", "--raw-scale", 1, "--channel-order", "RGB", "--mean", "0.4,0.45,0.5",
+        "--scale", 2, folder / "im0.png")
+    # pycaffe's order: R,G,B in [0, 1] (float32 of pixel / 255), times raw_scale, minus the mean, times scale.
+    rgb = cv2.resize(arrays[0], (6, 8), interpolation=cv2.INTER_LINEAR)[:, :, ::-1].transpose(2, 0, 1)
+    expect = ((rgb / 255.0).astype(np.float32) - np.float32([0.4, 0.45, 0.5])[:, None, None]) * np.float32(2)
+    np.testing.assert_allclose(load(tmp_path / "f.npz")["data"][0], expect, rtol=1e-6, atol=1e-7)
+
+
+def test_bf16_close_to_float32_and_refused_where_the_cpu_lacks_it(tmp_path, capsys, monkeypatch):
+    from caffecam.engine import precision
+
+    base = ["--model", DATA / "mixed.prototxt", "--weights", DATA / "mixed.caffemodel", "--blobs", "fc,prob",
+            "--input", DATA / "mixed_input.npy", "--cpu"]
+    run(*base, "--out", tmp_path / "f32.npz")
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: ["AVX512-BF16"])
+    run(*base, "--bf16", "--out", tmp_path / "bf16.npz")
+    assert "bfloat16 autocast (AVX512-BF16)" in capsys.readouterr().out
+    exact, low = load(tmp_path / "f32.npz"), load(tmp_path / "bf16.npz")
+    for blob in ("fc", "prob"):
+        assert low[blob].dtype == np.float32
+        err = np.abs(low[blob] - exact[blob]).max() / np.abs(exact[blob]).max()
+        assert 1e-6 < err < 3e-2, (blob, err)
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: [])
+    line = fails(capsys, *base, "--bf16", "--out", tmp_path / "no.npz")
+    assert "--bf16: this CPU has no native bfloat16" in line and not (tmp_path / "no.npz").exists()
+
+
 def test_errors_are_one_line(tmp_path, capsys, images):
     folder, _ = images
     base = ["--model", DATA / "mixed.prototxt", "--weights", DATA / "mixed.caffemodel", "--out", tmp_path / "f.npz"]

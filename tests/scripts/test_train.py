@@ -227,10 +227,26 @@ def test_gpu_list_under_a_torchrun_the_user_started(monkeypatch, four_gpus):
         train.choose_device(sp, args, 1, print)
 
 
-def test_bf16_on_cpu_warns(tmp_path, monkeypatch, capsys):
+def test_tf32_on_cpu_warns_and_bf16_trains_where_the_cpu_has_it(tmp_path, monkeypatch, capsys):
+    from caffecam.engine import precision
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: ["AMX-BF16"])
     solver = setup(tmp_path, monkeypatch, max_iter=1)
     rc, err = run_main(["--solver", solver, "--cpu", "--bf16", "--tf32", "--workers", "0"], capsys)
-    assert rc == 0 and "--bf16 applies to CUDA only" in err and "--tf32 applies to CUDA only" in err
+    assert rc == 0 and "--tf32 applies to CUDA only" in err, err
+    assert "bfloat16 autocast (AMX-BF16): parameters, gradients and updates in float32" in err
+    params = read_caffemodel(tmp_path / "snapshots" / "tiny_iter_1.caffemodel")
+    assert all(b.data and not b.double_data for lp in params.layer for b in lp.blobs)  # float32 weights written
+
+
+def test_bf16_on_a_cpu_without_it_is_one_line(tmp_path, monkeypatch, capsys):
+    from caffecam.engine import precision
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: [])
+    solver = setup(tmp_path, monkeypatch, max_iter=1)
+    rc, err = run_main(["--solver", solver, "--cpu", "--bf16", "--workers", "0"], capsys)
+    lines = [line for line in err.splitlines() if "--bf16" in line]
+    assert rc != 0 and "Traceback" not in err and len(lines) >= 1
+    assert "--bf16: this CPU has no native bfloat16" in lines[-1] and "leave out --bf16" in lines[-1]
+    assert not (tmp_path / "snapshots" / "tiny_iter_1.caffemodel").exists()
 
 
 def test_resume_command_keeps_the_devices_and_process_count(monkeypatch):

@@ -188,8 +188,12 @@ def conv3x3(x, weight, bias=None, groups=1):
 
 
 def suits(x, weight, stride, pad, dilation, group):
-    """Whether conv3x3 computes this convolution and pays off on this CPU: see suits_shapes; float32 on the CPU."""
+    """Whether conv3x3 computes this convolution and pays off on this CPU: see suits_shapes; float32 on the CPU,
+    not under bfloat16 autocast (its GEMMs would round the transformed tiles; oneDNN's bfloat16 convolution is
+    faster there anyway)."""
     if not ENABLED or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
+        return False
+    if torch.is_autocast_enabled("cpu"):
         return False
     return suits_shapes(x.shape, weight.shape, stride, pad, dilation, group)
 
