@@ -50,6 +50,9 @@ def main(argv=None):
         raise CaffeCamError(f"{args.list}: no images listed")
     boxes = read_boxes(args.boxes, args.root)
     model = model_from_args(args)
+    if model.note:
+        print(model.note)
+    print(f"localization of {model.title} of {model.layers.describe()} over {len(items)} image(s)")
     summary = evaluate_localization(model, items, boxes, thresholds, main_threshold=args.box_threshold,
                                     batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
                                     progress=not args.no_progress)

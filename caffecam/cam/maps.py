@@ -3,7 +3,8 @@ classifier (the pair is found in cam/pairs.py).
 
 The map of class c is M_c(x, y) = Σ_k w[c, k] · A_k(x, y): A_k are the feature maps feeding the global average
 pooling, w[c] the classifier row of c. The bias is left out, as in the paper. Maps for all requested classes are
-one einsum on the device; the per-channel loop and an autograd Grad-CAM are kept as references.
+one einsum on the device; the per-channel loop and an autograd Grad-CAM are kept as references. CamModel also runs
+the gradient family (cam/gradients.py) on nets CAM does not fit, or when --method asks for it.
 """
 
 import math
@@ -104,7 +105,8 @@ class CamBatch:
 
 
 class CamModel:
-    """A deploy net ready for CAM: finds the layers, preprocesses images, runs batches on the device."""
+    """A deploy net ready for CAM or a gradient method: finds the layers (`layers`, `method`, `title`, and `note`,
+    the line saying why CAM gave way to Grad-CAM), preprocesses images, runs batches on the device."""
 
     def __init__(self, net, labels=None, feature_blob=None, fc_layer=None, mean=DEFAULT_MEAN, device=None,
                  channels_last=None, labels_file=None, tf32=False, method=None, layer=None, score_batch=32,

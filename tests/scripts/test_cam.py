@@ -168,6 +168,12 @@ def test_localization_scores_by_hand(tmp_path):
     assert [p["threshold"] for p in s["per_threshold"]] == [0.1, 0.2, 0.3]
     assert s["per_threshold"][2]["loc_accuracy"] == pytest.approx(0.6)
     assert "top-1 localization accuracy (IoU >= 0.5, threshold 0.2): 0.4000" in r.stdout
+    assert "localization of CAM of 'feat' × 'fc' over 5 image(s)" in r.stdout
+    # The oracle's CAM maps are ≥ 0 and its gradients constant over the map: Grad-CAM = CAM/Z, the same boxes.
+    r = run(EVAL, *common, "--list", data / "val.txt", "--root", data, "--boxes", data / "boxes.csv",
+            "--thresholds", "0.1:0.3:0.1", "--json", tmp_path / "loc_grad.json", "--method", "gradcam")
+    assert r.returncode == 0 and "localization of Grad-CAM of 'feat' (scores 'fc') over 5 image(s)" in r.stdout
+    assert json.loads((tmp_path / "loc_grad.json").read_text()) == s
     r = run(EVAL, *common, "--list", data / "val.txt", "--root", data, "--boxes", data / "boxes.csv",
             "--max-pixels", 10)
     assert r.returncode == 1 and "over the limit of 10 pixels" in r.stderr
