@@ -12,8 +12,10 @@ from caffecam.allocator import keep_freed_memory
 from caffecam.cam.localize import parse_thresholds, read_boxes
 from caffecam.cam.pipeline import add_model_args, check_model_args, model_from_args, report_localization, run_cam
 from caffecam.cam.report import ReportWriter
+from caffecam.cam.shards import from_group
 from caffecam.data.images import LIST_EXTS, collect_inputs
 from caffecam.errors import CaffeCamError, main_guard
+from caffecam.train import distributed
 
 AUTO_MODEL = "prototxt/googlenet_cam_deploy.prototxt"
 AUTO_SNAPSHOTS = "snapshots"
@@ -113,7 +115,9 @@ def main(argv=None):
     boxes = read_boxes(args.eval_boxes, args.root) if args.eval_boxes else None
     if boxes is not None and not any(it.label is not None for it in items):
         raise CaffeCamError("--eval-boxes needs the true classes: give a list file (`path label` per line) as INPUT")
-    model = model_from_args(args)
+    shard = from_group(distributed.join(args.cpu))  # under torchrun: this process's share of the inputs
+    args.no_progress |= bool(shard and shard.rank)
+    model = model_from_args(args, shard and shard.device)
     if args.top_k > model.num_classes:
         raise CaffeCamError(f"--top-k {args.top_k}: the net has only {model.num_classes} classes")
     if args.report is None:
@@ -133,7 +137,9 @@ def main(argv=None):
     result = run_cam(model, items, args.out, top_k=args.top_k, alpha=args.alpha, box_threshold=args.box_threshold,
                      save_maps=args.save_maps, gallery=args.gallery, batch_size=args.batch_size, workers=args.workers,
                      boxes=boxes, thresholds=thresholds, max_pixels=args.max_pixels, progress=not args.no_progress,
-                     report=report)
+                     report=report, shard=shard)
+    if result is None:
+        return  # another rank: its files are written, rank 0 writes the rest
     done = len(result["records"])
     print(f"wrote {done} result(s) to {args.out}/ (<stem>_cam.png, <stem>_cam.json"
           + (", <stem>_cam.npy)" if args.save_maps else ")"))

@@ -17,8 +17,10 @@ from caffecam.cam.pipeline import (
     model_from_args,
     report_localization,
 )
+from caffecam.cam.shards import from_group
 from caffecam.data.images import read_list_file
 from caffecam.errors import CaffeCamError, main_guard
+from caffecam.train import distributed
 
 
 def build_parser():
@@ -49,13 +51,17 @@ def main(argv=None):
     if not items:
         raise CaffeCamError(f"{args.list}: no images listed")
     boxes = read_boxes(args.boxes, args.root)
-    model = model_from_args(args)
+    shard = from_group(distributed.join(args.cpu))  # under torchrun: this process's share of the inputs
+    args.no_progress |= bool(shard and shard.rank)
+    model = model_from_args(args, shard and shard.device)
     if model.note:
         print(model.note)
     print(f"localization of {model.title} of {model.layers.describe()} over {len(items)} image(s)")
     summary = evaluate_localization(model, items, boxes, thresholds, main_threshold=args.box_threshold,
                                     batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, shard=shard)
+    if summary is None:
+        return  # another rank: rank 0 prints the scores
     report_localization(summary, args.json, f"no box in {args.boxes}")
     if args.json:
         print(f"scores written to {args.json}")

@@ -28,6 +28,7 @@ from caffecam.cam.localize import (
     read_boxes,
 )
 from caffecam.cam.maps import CamModel, upsample_maps
+from caffecam.cam.shards import merge
 from caffecam.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, InputItem, load_image, output_stems
 from caffecam.data.net_input import add_input_args, input_options
 from caffecam.errors import CaffeCamError
@@ -116,14 +117,15 @@ def _caption(top, rank, count):
 
 def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAULT_BOX_THRESHOLD, save_maps=False,
             gallery=None, batch_size=16, workers=None, boxes=None, thresholds=None, max_pixels=DEFAULT_MAX_PIXELS,
-            progress=True, gallery_limit=400, report=None):
+            progress=True, gallery_limit=400, report=None, shard=None):
     """CAM over `items` (InputItems). Writes <stem>_cam.png/.json (and .npy with save_maps) into `out_dir` when given,
     a contact sheet to `gallery` when given, and scores localization against `boxes` ({path_key: [box]}) when
     given. Files are written by a thread pool while the next batches compute. `report` (a report.ReportWriter) is
-    handed each result in those threads and writes its page at the end.
+    handed each result in those threads and writes its page at the end. With `shard` (a shards.Shard, under
+    torchrun) this process takes its share of `items` and rank 0 writes the gallery, page and scores over all of them.
 
     Returns {"records": [per-image JSON dicts], "failures": [(path, message)], "localization": summary or None,
-    "gallery": path or None, "report": path of the page or None}.
+    "gallery": path or None, "report": path of the page or None}; None on the other ranks of a shard.
     """
     out_dir = Path(out_dir) if out_dir is not None else None
     stems = output_stems([it.path for it in items])
@@ -165,24 +167,24 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
             report.add(i, stem, res, record, up)
         return record, thumb, scored
 
-    records, failures, thumbs, captions, unscored = [], [], [], [], 0
-    bar = tqdm(total=len(items), disable=None if progress else True, unit="img", desc="cam")
+    records, failures, thumbs, scores, unscored = [], [], [], [], 0
+    span = shard.span(len(items)) if shard is not None else range(len(items))
+    bar = tqdm(total=len(span), disable=None if progress else True, unit="img", desc="cam")
 
     def drain(i, fut):
         nonlocal unscored
         try:
             record, thumb, scored = fut.result()
         except OSError as exc:
-            failures.append((str(items[i].path), f"{items[i].path}: cannot write the outputs ({exc})"))
-            tqdm.write(failures[-1][1], file=sys.stderr)
+            failures.append((i, str(items[i].path), f"{items[i].path}: cannot write the outputs ({exc})"))
+            tqdm.write(failures[-1][2], file=sys.stderr)
         else:
-            records.append(record)
+            records.append((i, record))
             if thumb is not None and len(thumbs) < gallery_limit:
                 top = record["top_k"][0]
-                thumbs.append(thumb)
-                captions.append(f"{stems[i]}: {top['class_name']} {top['prob']:.0%}")
+                thumbs.append((i, thumb, f"{stems[i]}: {top['class_name']} {top['prob']:.0%}"))
             if scored is not None:
-                tally.record(*scored)
+                scores.append((i, *scored))
             elif tally is not None:
                 unscored += 1
         bar.update()
@@ -191,9 +193,10 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
     with ThreadPoolExecutor(workers, thread_name_prefix="cam-write") as writer:
         # The report shows the true class's map beside the top-k ones, so it asks for the label maps too.
         label_maps = tally is not None or report is not None
-        for i, res in enumerate(iter_cams(model, items, top_k, batch_size, workers, label_maps, max_pixels)):
+        mine = iter_cams(model, [items[i] for i in span], top_k, batch_size, workers, label_maps, max_pixels)
+        for i, res in zip(span, mine):
             if res.error:
-                failures.append((str(res.item.path), res.error))
+                failures.append((i, str(res.item.path), res.error))
                 tqdm.write(res.error, file=sys.stderr)
                 bar.update()
                 continue
@@ -203,13 +206,24 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
         while pending:
             drain(*pending.popleft())
     bar.close()
+    part = {"records": records, "failures": failures, "thumbs": thumbs, "scored": scores, "unscored": unscored,
+            "entries": report.entries if report is not None else {}}
+    part = shard.gather(part) if shard is not None else merge([part])
+    if part is None:
+        return None
+    records, failures = [r for _, r in part["records"]], [tuple(f[1:]) for f in part["failures"]]
+    thumbs = part["thumbs"][:gallery_limit]
+    if report is not None:
+        report.entries = part["entries"]
     if gallery is not None and thumbs:
-        ok, png = cv2.imencode(".png", contact_sheet(thumbs, captions, cell=THUMB))
+        ok, png = cv2.imencode(".png", contact_sheet([t for _, t, _ in thumbs], [c for _, _, c in thumbs], cell=THUMB))
         atomic_write_bytes(gallery, png.tobytes())
     summary = None
     if tally is not None:
+        for _, *scored in part["scored"]:
+            tally.record(*scored)
         summary = tally.summary()
-        summary["unscored"] = unscored
+        summary["unscored"] = part["unscored"]
     page = report.write(summary, failures) if report is not None else None
     return {"records": records, "failures": failures, "localization": summary,
             "gallery": str(gallery) if gallery is not None and thumbs else None, "report": page}
@@ -217,12 +231,13 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
 
 def evaluate_localization(model, items, boxes, thresholds=(DEFAULT_BOX_THRESHOLD,),
                           main_threshold=DEFAULT_BOX_THRESHOLD, batch_size=16, workers=None, progress=True,
-                          max_pixels=DEFAULT_MAX_PIXELS):
+                          max_pixels=DEFAULT_MAX_PIXELS, shard=None):
     """Top-1 accuracy, top-1 and GT-known localization accuracy of `model` (a caffecam.CamModel, or a Net with
     a GAP classifier) on `items` (InputItems with labels) against `boxes` ({path_key: [box]}, see read_boxes).
 
     Returns the summary dict (accuracy, loc_accuracy, gt_known_loc_accuracy at `main_threshold`, per_threshold, …)
-    plus `failures` [(path, message)] and `unscored` (images without a label or a box).
+    plus `failures` [(path, message)] and `unscored` (images without a label or a box); None on a shard's other
+    ranks (see run_cam).
     """
     if not isinstance(model, CamModel):
         model = CamModel(model)
@@ -232,7 +247,9 @@ def evaluate_localization(model, items, boxes, thresholds=(DEFAULT_BOX_THRESHOLD
     if not any(it.label is not None for it in items):
         raise CaffeCamError("localization needs labelled images: give a list file (`path label` per line)")
     out = run_cam(model, items, None, box_threshold=main_threshold, batch_size=batch_size, workers=workers,
-                  boxes=boxes, thresholds=list(thresholds), max_pixels=max_pixels, progress=progress)
+                  boxes=boxes, thresholds=list(thresholds), max_pixels=max_pixels, progress=progress, shard=shard)
+    if out is None:
+        return None  # another rank of a shard: rank 0 has the scores
     summary = out["localization"]
     summary["failures"] = out["failures"]
     return summary
@@ -293,9 +310,11 @@ def check_model_args(args, hint=""):
         raise CaffeCamError(f"--max-pixels {args.max_pixels}: must be positive")
 
 
-def model_from_args(args):
+def model_from_args(args, device=None):
+    """The CamModel the options name; `device` (a torchrun rank's) overrides --cpu's choice."""
+    device = device or ("cpu" if args.cpu else None)
     return CamModel.from_files(args.model, args.weights, args.labels, feature_blob=args.feature_blob,
-                               fc_layer=args.fc_layer, device="cpu" if args.cpu else None,
+                               fc_layer=args.fc_layer, device=device,
                                channels_last=args.channels_last, tf32=args.tf32, method=args.method, layer=args.layer,
                                score_batch=args.batch_size, progress=not args.no_progress, bf16=args.bf16,
                                input_options=input_options(args))

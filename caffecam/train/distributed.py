@@ -6,6 +6,7 @@ then scale by 1/solver_count). Two extra numbers ride in the same buffer — the
 every process takes the same decision (stop on SIGTERM, stop on a NaN loss) at the same iteration.
 """
 
+import atexit
 import os
 import sys
 
@@ -43,6 +44,20 @@ def relaunch(script, argv, nproc):
            str(script), *argv]
     sys.stderr.flush()
     os.execv(sys.executable, cmd)
+
+
+def join(cpu=False):
+    """Under torchrun (several processes): the process group on this rank's device, GPU LOCAL_RANK (nccl) or, with
+    `cpu` or without CUDA, the CPU (gloo); None for a single process. Used by the scripts that shard inputs."""
+    if not under_torchrun():
+        return None
+    if cpu or not torch.cuda.is_available():
+        group = Group("cpu")
+    else:
+        torch.cuda.set_device(env()[2])
+        group = Group(f"cuda:{env()[2]}")
+    atexit.register(group.close)
+    return group
 
 
 class Group:
