@@ -6,6 +6,7 @@ WEIGHTS ?= weights/bvlc_googlenet.caffemodel
 MPII    ?= data/mpii
 IMAGE   ?=
 TRAIN_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup test lint prototxt demo demo-clean weights mpii data train cam curves bench clean
 
@@ -27,7 +28,7 @@ prototxt: setup
 
 # wall time of the demo counts the set-up it had to do
 demo:
-	@start=$$(date +%s.%N); $(MAKE) --no-print-directory setup && $(PY) scripts/demo.py --started $$start
+	@start=$$(date +%s.%N); $(MAKE) --no-print-directory setup && $(PY) scripts/demo.py --started $$start $(DEMO_ARGS)
 
 demo-clean:
 	rm -rf data/demo snapshots/demo results/demo

@@ -48,7 +48,11 @@ def main(argv=None):
     ap.add_argument("--started", type=float, default=None,
                     help="epoch seconds when `make demo` started (so set-up time counts in wall_seconds)")
     ap.add_argument("--workers", type=int, default=1, help="data-loading worker processes for training (default 1)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="train and run CAM under bfloat16 autocast (a CPU with AVX512-BF16/AMX); start from "
+                         "`make demo-clean` so that nothing of a float32 run is reused")
     args = ap.parse_args(argv)
+    bf16 = ["--bf16"] if args.bf16 else []
     started = args.started or time.time()
     os.chdir(ROOT)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -62,7 +66,7 @@ def main(argv=None):
 
     final = Path(f"{demo.DEMO_SNAPSHOT_PREFIX}_iter_{demo.DEMO_MAX_ITER}.caffemodel")
     if not final.exists():
-        cmd = ["scripts/train.py", "--solver", SOLVER, "--cpu", "--workers", args.workers]
+        cmd = ["scripts/train.py", "--solver", SOLVER, "--cpu", "--workers", args.workers, *bf16]
         state = latest_solverstate()
         if state is not None:
             cmd += ["--snapshot", state]
@@ -77,14 +81,14 @@ def main(argv=None):
     sweep_json = RESULTS / "threshold_sweep_train.json"
     run("threshold", ["scripts/eval_loc.py", "--model", DEPLOY, "--weights", final, "--labels",
                       DATA / "class_labels.csv", "--list", DATA / "train.txt", "--boxes", DATA / "boxes.csv",
-                      "--thresholds", THRESHOLDS, "--json", sweep_json, "--cpu", "--no-progress"])
+                      "--thresholds", THRESHOLDS, "--json", sweep_json, "--cpu", "--no-progress", *bf16])
     threshold = json.loads(sweep_json.read_text())["best_threshold"]
     print(f"== box threshold chosen on the training images: {threshold:g}")
 
     eval_json = RESULTS / "localization.json"
     run("cam", ["scripts/cam.py", "--model", DEPLOY, "--weights", final, "--labels", DATA / "class_labels.csv",
                 "--out", RESULTS / "cam", "--gallery", RESULTS / "gallery.png", "--box-threshold", threshold,
-                "--eval-boxes", DATA / "boxes.csv", "--eval-json", eval_json, "--cpu", DATA / "val.txt"])
+                "--eval-boxes", DATA / "boxes.csv", "--eval-json", eval_json, "--cpu", *bf16, DATA / "val.txt"])
 
     scores = json.loads(eval_json.read_text())
     metrics = {
@@ -92,6 +96,7 @@ def main(argv=None):
         "loc_accuracy": scores["loc_accuracy"],
         "gt_known_loc_accuracy": scores["gt_known_loc_accuracy"],
         "box_threshold": threshold,
+        "precision": "bfloat16 autocast" if args.bf16 else "float32",
         "wall_seconds": round(time.time() - started, 1),
     }
     (RESULTS / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

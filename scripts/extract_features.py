@@ -24,7 +24,7 @@ from caffecam.data.net_input import NetInput, add_input_args, input_options
 from caffecam.engine import precision
 from caffecam.engine.net import TEST, Net
 from caffecam.engine.prototxt import read_net
-from caffecam.engine.weights import copy_weights, read_caffemodel
+from caffecam.engine.weights import copy_weights, layers_with_blobs, read_caffemodel
 from caffecam.errors import CaffeCamError, main_guard
 
 
@@ -87,11 +87,14 @@ def main(argv=None):
         raise CaffeCamError("--blobs: give at least one blob name")
     keep_freed_memory()
     net_param = read_net(args.model)
-    net = Net(net_param, TEST)
+    net = Net(net_param, TEST, meta=True)  # the shapes, to check the request: nothing allocated yet
     input_blob = image_input(net)
     check_blobs(net, blobs)
+    device = "cpu" if args.cpu or not _cuda() else "cuda"
+    if args.bf16:
+        print(precision.check_bf16(device))
     weights = read_caffemodel(args.weights)
-    failures = []
+    input_shapes, failures = None, []
     if args.input:
         array = load_array(args.input)
         channels = net.blob_shapes[input_blob][1]
@@ -99,7 +102,7 @@ def main(argv=None):
             raise CaffeCamError(f"--input {args.input}: has {array.shape[1]} channels; input '{input_blob}' of "
                                 f"{args.model} has {channels}")
         batch = min(args.batch_size, len(array))
-        net = Net(net_param, TEST, input_shapes={input_blob: (batch,) + array.shape[1:]})
+        input_shapes = {input_blob: (batch,) + array.shape[1:]}
         batches, total = array_batches(array, args.input, args.batch_size), batch_count(len(array), args.batch_size)
     else:
         items = collect_inputs(args.inputs, args.root)
@@ -109,13 +112,11 @@ def main(argv=None):
         prep = NetInput(height, width, **input_options(args))
         batches = image_batches([it.path for it in items], prep, args.batch_size, failures)
         total = batch_count(len(items), args.batch_size)
+    net = Net(net_param, TEST, input_shapes=input_shapes, unfilled=layers_with_blobs(weights))
     report = copy_weights(net, weights, args.weights)
     if report.fresh:
         print(f"warning: {args.weights} has no weights for {', '.join(report.fresh)}; those layers keep their "
               "fillers' values", file=sys.stderr)
-    device = "cpu" if args.cpu or not _cuda() else "cuda"
-    if args.bf16:
-        print(precision.check_bf16(device))
     features, names = extract(net, input_blob, batches, blobs, total, device, not args.no_progress, args.bf16)
     save_features(args.out, features, names)
     print(f"wrote {args.out}: {len(names)} input(s); " + ", ".join(f"{b} {features[b].shape}" for b in blobs))

@@ -21,7 +21,7 @@ from caffecam.data.net_input import DEFAULT_MEAN, NetInput, parse_mean  # noqa: 
 from caffecam.engine import precision
 from caffecam.engine.net import TEST, Net
 from caffecam.engine.prototxt import read_net
-from caffecam.engine.weights import copy_weights, read_caffemodel
+from caffecam.engine.weights import copy_weights, layers_with_blobs, read_caffemodel
 from caffecam.errors import CaffeCamError
 from caffecam.textfile import content_lines
 
@@ -158,8 +158,9 @@ class CamModel:
 
     @classmethod
     def from_files(cls, model, weights, labels=None, **kwargs):
-        net = Net(read_net(model), TEST)
-        report = copy_weights(net, read_caffemodel(weights), str(weights))
+        source = read_caffemodel(weights)
+        net = Net(read_net(model), TEST, unfilled=layers_with_blobs(source))
+        report = copy_weights(net, source, str(weights))
         if report.fresh:
             raise CaffeCamError(f"{weights}: has no weights for layers {', '.join(report.fresh[:5])} of {model}, "
                                 "so their maps would be noise; use a snapshot trained for this net (`make train`)")

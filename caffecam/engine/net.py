@@ -67,10 +67,13 @@ class Net(nn.Module):
     pycaffe-like access: net.params['CAM_fc_14'][0] is the classifier weight; net.blob_shapes gives shapes at set-up.
     The shapes are worked out first; parameters are allocated (and filled) only once the parameters and blobs are
     known to fit in the memory left (engine/memory.py). meta=True stops at the shapes: parameters stay meta
-    tensors, which take no memory (net_summary.py).
+    tensors, which take no memory (net_summary.py). `unfilled`: names of layers whose blobs the caller will copy
+    from trained weights, allocated without drawing their fillers (VGG16's 138 M draws take a second); ignored with
+    a `seed`, where every filler draws in Caffe's order so that the other layers get Caffe's values.
     """
 
-    def __init__(self, net_param, phase=TEST, input_shapes=None, seed=None, level=0, stages=(), meta=False):
+    def __init__(self, net_param, phase=TEST, input_shapes=None, seed=None, level=0, stages=(), meta=False,
+                 unfilled=()):
         super().__init__()
         self.name, self.phase = net_param.name, phase
         state = caffe_pb2.NetState(phase=phase, level=level, stage=list(stages))
@@ -145,14 +148,19 @@ class Net(nn.Module):
         self._float32 = _float32_layers(self.layer_params)
         if not meta:
             memory.check_fits(self)
-            self._materialize(generator)
+            self._materialize(generator, set(unfilled) if seed is None else set())
 
-    def _materialize(self, generator):
+    def _materialize(self, generator, unfilled=frozenset()):
         """Allocate and fill every layer's blobs in net order, each layer drawing from `generator` as Caffe's
-        fillers do (a layer sharing a blob by ParamSpec name draws too, then keeps its owner's blob)."""
+        fillers do (a layer sharing a blob by ParamSpec name draws too, then keeps its owner's blob); the layers
+        named in `unfilled` are only allocated."""
         filled = {}  # id of a meta parameter -> its filled parameter, so that shared blobs stay one tensor
         for layer in self.layers:
-            for i, value in enumerate(layer.fill_values(generator)):
+            if layer.name in unfilled:
+                values = [torch.empty(tuple(blob.shape)) for blob in layer.blobs]
+            else:
+                values = layer.fill_values(generator)
+            for i, value in enumerate(values):
                 blob = layer.blobs[i]
                 if id(blob) not in filled:
                     filled[id(blob)] = nn.Parameter(value)

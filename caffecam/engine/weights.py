@@ -39,6 +39,12 @@ def read_caffemodel(path):
     return msg
 
 
+def layers_with_blobs(net_param):
+    """Names of the layers a .caffemodel holds blobs for (Net's `unfilled`: copy_weights overwrites all of them or
+    raises)."""
+    return {lp.name for lp in (*net_param.layers, *net_param.layer) if len(lp.blobs)}
+
+
 def caffemodel_blobs(net_param):
     """[(layer name, [arrays])] for every layer of the file, blob-less ones included: current `layer`, or legacy
     `layers` (V1, or V0 with name and blobs in its `layer`), read in place rather than through upgrade.py, which

@@ -256,3 +256,29 @@ def test_unwritable_destination_is_a_one_line_error(tmp_path):
     (tmp_path / "afile").write_text("not a folder")
     with pytest.raises(CaffeCamError, match="afile"):
         save_caffemodel(make_net(), tmp_path / "afile" / "x.caffemodel")
+
+
+def test_layers_loaded_from_weights_skip_their_fillers(tmp_path):
+    from caffecam.engine.weights import layers_with_blobs
+
+    param = parse_text(NET, caffe_pb2.NetParameter)
+    save_caffemodel(Net(param, TEST, seed=7), tmp_path / "w.caffemodel")
+    source = read_caffemodel(tmp_path / "w.caffemodel")
+    names = layers_with_blobs(source)
+    assert names == {name for name, blobs in Net(param, TEST, meta=True).params.items() if blobs}
+    # Unseeded fillers draw from torch's global generator: the skipped layers leave it untouched.
+    torch.manual_seed(0)
+    net = Net(param, TEST, unfilled=names)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
+    report = copy_weights(net, source, "w.caffemodel")
+    assert not report.fresh and sorted(report.copied) == sorted(names)
+    for name, blobs in Net(param, TEST, seed=7).params.items():
+        for got, expect in zip(net.params[name], blobs):
+            assert torch.equal(got, expect), name
+    # With a seed every filler draws, in Caffe's order: `unfilled` is ignored and the values are the seeded ones.
+    seeded = Net(param, TEST, seed=3, unfilled=names)
+    for name, blobs in Net(param, TEST, seed=3).params.items():
+        for got, expect in zip(seeded.params[name], blobs):
+            assert torch.equal(got, expect), name
