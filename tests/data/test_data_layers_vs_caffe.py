@@ -137,6 +137,21 @@ def test_leveldb_written_by_caffe_reads_as_caffe(caffe, tmp_path):
     np.testing.assert_array_equal(again.next()["data"].numpy(), caffe["leveldb/data"])
 
 
+def test_leveldb_with_mean_file_and_test_crop_reads_as_caffe(tmp_path):
+    # The mean image is taken at the crop's own offset (data_transformer.cpp): every mean value here is distinct.
+    db = tmp_path / "leveldb"
+    shutil.copytree(REF / "leveldb", db)
+    lp = layer(f"""name: "d" type: "Data" top: "data" top: "label"
+        transform_param {{ crop_size: 10 mean_file: "{REF / 'mean_12x14.binaryproto'}" scale: 0.5 }}
+        data_param {{ source: "{db}" batch_size: 2 backend: LEVELDB }}""")
+    with np.load(REF / "mean_file_crop.npz", allow_pickle=False) as f:
+        data, label = f["data_layer/data"], f["data_layer/label"]
+    with BatchFeed(lp, TEST, workers=0) as feed:
+        batch = feed.next()
+    np.testing.assert_array_equal(batch["data"].numpy(), data)
+    np.testing.assert_array_equal(batch["label"].numpy(), label)
+
+
 # --- user errors ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("content,needle", [

@@ -1,7 +1,9 @@
 """data/net_input.py (the deploy-time preprocessing of cam.py and extract_features.py) against element-by-element
-NumPy references written from pycaffe's Transformer order and Caffe's data_transformer.cpp."""
+NumPy references written from pycaffe's Transformer order and Caffe's data_transformer.cpp, and against real
+pycaffe's Transformer (tests/golden/data_layers/mean_file_crop.npz, made by make_mean_file_crop.py)."""
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +97,17 @@ def test_bad_options_are_one_line(kwargs, needle):
 def test_missing_mean_file_is_one_line(tmp_path):
     with pytest.raises(CaffeCamError, match="nowhere.binaryproto"):
         input_options(parse("--mean-file", tmp_path / "nowhere.binaryproto"))
+
+
+@pytest.mark.parametrize("case,options", [
+    ("bvlc", dict(mean=(104.0, 117.0, 123.0))),
+    ("rgb_unit", dict(mean=(0.485, 0.456, 0.406), scale=1 / 0.225, raw_scale=1.0, channel_order="RGB")),
+    ("mobilenet", dict(mean=(103.94, 116.78, 123.68), scale=0.017)),
+])
+def test_matches_pycaffes_transformer(case, options):
+    golden = Path(__file__).resolve().parents[1] / "golden" / "data_layers" / "mean_file_crop.npz"
+    with np.load(golden, allow_pickle=False) as f:
+        img, expect = f["transformer/image"], f[f"transformer/{case}"]
+    got = NetInput(*img.shape[:2], **options)(img).transpose(2, 0, 1)
+    # pycaffe scales float32(pixel / 255) by 255 (not exactly the pixel) and subtracts a float64 mean.
+    np.testing.assert_allclose(got, expect, rtol=1e-6, atol=2e-5 if options.get("raw_scale", 255) == 255 else 1e-6)
