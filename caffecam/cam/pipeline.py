@@ -208,7 +208,7 @@ def run_cam(model, items, out_dir=None, top_k=1, alpha=0.5, box_threshold=DEFAUL
     bar.close()
     part = {"records": records, "failures": failures, "thumbs": thumbs, "scored": scores, "unscored": unscored,
             "entries": report.entries if report is not None else {}}
-    part = shard.gather(part) if shard is not None else merge([part])
+    part = shard.gather(part, gallery_limit) if shard is not None else merge([part])
     if part is None:
         return None
     records, failures = [r for _, r in part["records"]], [tuple(f[1:]) for f in part["failures"]]

@@ -65,15 +65,24 @@ class Shard:
         (so rank 0 holds the first images, those the gallery shows)."""
         return range(self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size)
 
-    def gather(self, part):
-        """Every rank's `part` (see merge) merged on rank 0; None on the other ranks."""
-        wire = dict(part, thumbs=[[i, _png(t), c] for i, t, c in part["thumbs"]],
+    def _counts(self, n):
+        mine = torch.tensor([n], dtype=torch.int64, device=self.device)
+        every = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(every, mine)
+        return [int(c) for c in every]
+
+    def gather(self, part, thumbs_limit=None):
+        """Every rank's `part` (see merge) merged on rank 0; None on the other ranks. Of the gallery's thumbnails
+        only the first `thumbs_limit` over all ranks travel (the ranks hold consecutive blocks of the inputs)."""
+        thumbs = part["thumbs"]
+        if thumbs_limit is not None:
+            before = sum(self._counts(len(thumbs))[:self.rank])
+            thumbs = thumbs[:max(0, thumbs_limit - before)]
+        wire = dict(part, thumbs=[[i, _png(t), c] for i, t, c in thumbs],
                     entries=[[i, e] for i, e in part["entries"].items()])
         data = json.dumps(wire, default=_plain).encode()
-        size = torch.tensor([len(data)], dtype=torch.int64, device=self.device)
-        sizes = [torch.zeros_like(size) for _ in range(self.world_size)]
-        dist.all_gather(sizes, size)
-        buf = torch.zeros(max(int(s) for s in sizes), dtype=torch.uint8)
+        sizes = self._counts(len(data))
+        buf = torch.zeros(max(sizes), dtype=torch.uint8)
         buf[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         buf = buf.to(self.device)
         bufs = [torch.empty_like(buf) for _ in range(self.world_size)] if self.rank == 0 else None
@@ -82,7 +91,7 @@ class Shard:
             return None
         parts = []
         for b, s in zip(bufs, sizes):
-            p = json.loads(b[:int(s)].cpu().numpy().tobytes())
+            p = json.loads(b[:s].cpu().numpy().tobytes())
             p["thumbs"] = [[i, _unpng(t), c] for i, t, c in p["thumbs"]]
             p["entries"] = {int(i): e for i, e in p["entries"]}
             parts.append(p)

@@ -2,12 +2,14 @@
 process writes — every per-image file, the gallery, the report page's data and the localization scores."""
 
 import json
+import multiprocessing as mp
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
 from caffecam.cam.shards import Shard, merge
 from caffecam.engine.weights import save_caffemodel
@@ -32,6 +34,40 @@ def test_merge_orders_by_input_and_sums():
          "entries": {1: "y"}}
     m = merge([a, b])
     assert [r for _, r in m["records"]] == ["a", "b", "e"] and m["unscored"] == 3 and m["entries"] == {0: "x", 1: "y"}
+
+
+def _gather_on_rank(rank, store, out):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    shard = Shard(rank, 2)
+    span = shard.span(5)  # rank 0: inputs 0, 1; rank 1: 2, 3, 4
+    part = {"records": [[i, {"i": i}] for i in span], "failures": [], "scored": [], "unscored": rank,
+            "thumbs": [[i, np.full((2, 3, 3), i, np.uint8), f"c{i}"] for i in span],
+            "entries": {i: {"stem": f"s{i}"} for i in span}}
+    merged = shard.gather(part, thumbs_limit=3)
+    if rank == 0:
+        out.put(json.dumps({"records": merged["records"], "unscored": merged["unscored"],
+                            "thumbs": [[i, int(t.sum()), c] for i, t, c in merged["thumbs"]],
+                            "entries": sorted(merged["entries"])}))
+    else:
+        out.put(json.dumps(merged))
+    dist.destroy_process_group()
+
+
+def test_gather_brings_every_rank_to_rank_0_and_the_first_thumbnails_only(tmp_path):
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_gather_on_rank, args=(r, tmp_path / "store", out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    merged = json.loads(next(g for g in got if g != "null"))
+    assert "null" in got  # rank 1 gets nothing back
+    assert merged["records"] == [[i, {"i": i}] for i in range(5)] and merged["unscored"] == 1
+    assert merged["thumbs"] == [[i, 18 * i, f"c{i}"] for i in range(3)]  # 3 of 5: rank 1 sent only input 2's
+    assert merged["entries"] == [0, 1, 2, 3, 4]
 
 
 def setup_data(root):

@@ -146,10 +146,14 @@ def test_bad_cuts_are_one_clear_line(tmp_path, capsys, monkeypatch, net, cut, me
     assert not list(tmp_path.iterdir())
 
 
-def test_a_deploy_base_needs_data_options(tmp_path, capsys):
+def test_a_deploy_base_needs_data_options_and_out_a_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         make(tmp_path, ZOO / "bvlc_alexnet.prototxt", "conv5", 10)
     assert "give --train-list and --val-list, or --lmdb TRAIN_DB VAL_DB" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        make(tmp_path / "file", ZOO / "bvlc_alexnet.prototxt", "conv5", 10, "--lmdb", "a", "b")
+    assert capsys.readouterr().err == f"error: --out {tmp_path / 'file'}: is a file; give a folder\n"
 
 
 def test_cut_keeps_both_phases_data_layers():
