@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from caffecam.cam.gradients import choose_layers
 from caffecam.engine.net import TEST, Net
 from caffecam.engine.prototxt import read_net
 from caffecam.proto import caffe_pb2
@@ -107,3 +108,22 @@ def test_cam_runs_out_of_the_box_on_the_zoo(name, tmp_path, capsys):
     maps = np.load(tmp_path / "out" / "photo_cam.npy")
     assert maps.shape == map_shape and np.isfinite(maps).all()
     assert maps.max() > maps.min() or method == "gradcam"  # a Grad-CAM map may be all 0 (the ReLU), a CAM map not
+
+
+# The published nets without a global-average-pooling head: Grad-CAM's blob and scores, by hand from the prototxts.
+NO_GAP = {
+    "bvlc_alexnet": ("conv5", "fc8"),
+    "bvlc_reference_caffenet": ("conv5", "fc8"),
+    "bvlc_reference_rcnn_ilsvrc13": ("conv5", "fc-rcnn"),
+    "finetune_flickr_style": ("conv5", "fc8_flickr"),
+    "places365_alexnet": ("conv5", "fc8"),
+    "places365_vgg16": ("conv5_3", "fc8a"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NO_GAP))
+def test_nets_without_gap_get_gradcam_at_the_last_conv(name):
+    net = Net(read_net(ROOT / "tests" / "zoo" / f"{name}.prototxt"), TEST, meta=True)
+    layers, method, note = choose_layers(net)
+    assert (method, layers.feature_blob, layers.score_blob) == ("gradcam",) + NO_GAP[name]
+    assert f"no global average pooling feeds the classifier; using Grad-CAM of '{NO_GAP[name][0]}'" in note
