@@ -17,6 +17,7 @@ from tqdm import tqdm
 from caffecam.atomic import atomic_write_bytes
 from caffecam.data.images import ImageLoadError, load_image
 from caffecam.engine import precision
+from caffecam.engine.fold import fold_batchnorm
 from caffecam.errors import CaffeCamError
 
 
@@ -82,6 +83,7 @@ def extract(net, input_blob, batches, blobs, total=None, device="cpu", progress=
     others = [b for b in net.input_blobs if b != input_blob]
     kept, names = {b: [] for b in blobs}, []
     net.eval().to(device)
+    fold_batchnorm(net, keep=blobs)  # BatchNorm/Scale inside their convolutions, but for the blobs asked for
     with torch.inference_mode():
         for batch_names, x in tqdm(batches, total=total, unit="batch", desc="features", disable=None if progress
                                    else True):

@@ -19,6 +19,7 @@ from caffecam.cam.gradients import TITLES, choose_layers, run_gradients, run_sco
 from caffecam.cam.pairs import classifier_weight, find_cam_layers, identity_weight
 from caffecam.data.net_input import DEFAULT_MEAN, NetInput, parse_mean  # noqa: F401 (parse_mean: API)
 from caffecam.engine import precision
+from caffecam.engine.fold import fold_batchnorm
 from caffecam.engine.net import TEST, Net
 from caffecam.engine.prototxt import read_net
 from caffecam.engine.weights import copy_weights, layers_with_blobs, read_caffemodel
@@ -116,6 +117,10 @@ class CamModel:
         self.layers, self.method, self.note = choose_layers(net, method, layer, feature_blob, fc_layer)
         self.title = TITLES[self.method]
         self.score_batch, self.progress = score_batch, progress
+        # BatchNorm/Scale run inside their convolutions at inference (ResNet, MobileNet); the gradient methods' forward,
+        # which records gradients, runs them unfolded
+        lay = self.layers
+        fold_batchnorm(net, keep={lay.feature_blob, lay.score_blob} | ({lay.prob_blob} if lay.prob_blob else set()))
         images = [b for b in net.input_blobs if len(net.blob_shapes[b]) == 4]
         if not images:
             raise CaffeCamError(f"net '{net.name}': no 4-D image input blob among {net.input_blobs}")

@@ -146,6 +146,7 @@ class Net(nn.Module):
         self.output_blobs = sorted(available - set(self.input_blobs))
         self.param_specs()  # a shared parameter given two different lr_mult/decay_mult values is an error now
         self._float32 = _float32_layers(self.layer_params)
+        self.fold = None  # engine/fold.py's FoldPlan once fold_batchnorm(net) was called: inference only
         if not meta:
             memory.check_fits(self)
             self._materialize(generator, set(unfilled) if seed is None else set())
@@ -230,7 +231,8 @@ class Net(nn.Module):
         """Run the net. `inputs`: {input blob: tensor} (a bare tensor when the net has one input).
 
         Returns {blob: tensor} holding every blob's latest value (an in-place layer overwrites its blob, as in
-        Caffe). With `end`, stops after the layer of that name.
+        Caffe). With `end`, stops after the layer of that name. With a FoldPlan (engine/fold.py) and no gradient
+        recorded, folded BatchNorm/Scale layers run inside their Convolution; the blobs they skip are not returned.
         """
         if torch.is_tensor(inputs):
             feeds = [b for b in self.input_blobs if b != "label"]
@@ -243,7 +245,15 @@ class Net(nn.Module):
         if missing:
             raise CaffeCamError(f"net '{self.name}': input blob '{missing[0]}' was not given")
         blobs = dict(inputs)
+        fold = self.fold if self.fold is not None and self.fold.applies(end) else None
         for i, (lp, layer) in enumerate(zip(self.layer_params, self.layers)):
+            if fold is not None and (i in fold.groups or i in fold.skipped):
+                if i in fold.groups:  # the Convolution of a folded group writes the group's output (engine/fold.py)
+                    top, value = fold.forward(self, i, blobs[lp.bottom[0]])
+                    blobs[top] = value
+                if end is not None and lp.name == end:
+                    break
+                continue
             if lp.type in INPUT_TYPES:
                 missing = [t for t in lp.top if t not in blobs]
                 if missing:

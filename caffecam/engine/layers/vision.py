@@ -94,13 +94,15 @@ class Convolution(ConvGeometry):
         return [lead + (p.num_output,) + out]
 
     def forward(self, x):
-        bias = self.blobs[1] if self.bias_term else None
-        if self.winograd_allowed and winograd.suits(x, self.blobs[0], self.stride, self.pad, self.dilation,
-                                                    self.group):
-            return [winograd.conv3x3(x, self.blobs[0], bias, self.group)]
+        return [self.convolve(x, self.blobs[0], self.blobs[1] if self.bias_term else None)]
+
+    def convolve(self, x, weight, bias):
+        """This layer's convolution with the given weight and bias (engine/fold.py passes folded ones)."""
+        if self.winograd_allowed and winograd.suits(x, weight, self.stride, self.pad, self.dilation, self.group):
+            return winograd.conv3x3(x, weight, bias, self.group)
         conv = CONV[len(self.kernel)]
-        y = conv(self.as_batch(x), self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)
-        return [y.reshape(tuple(x.shape[:self.axis]) + tuple(y.shape[1:]))]
+        y = conv(self.as_batch(x), weight, bias, self.stride, self.pad, self.dilation, self.group)
+        return y.reshape(tuple(x.shape[:self.axis]) + tuple(y.shape[1:]))
 
 
 @register()
