@@ -140,8 +140,8 @@ def plan_folds(net, keep=()):
                 and not (bn_top in keep and lps[after[0]].top[0] != bn_top)):
             k = after[0]
         last = k if k is not None else j
-        if last in net._float32:
-            continue  # it writes scores a loss reads, which run in float32 under autocast (Net._float32)
+        if last in net._float32 and lps[last].type != "BatchNorm":
+            continue  # a Scale writing scores a Softmax or loss reads: float32 under autocast (Net._float32)
         groups.append(FoldedConv(i, j, k, lps[last].top[0], tuple(p.name for p in lps[i:last])))
     return FoldPlan(groups)
 
