@@ -79,6 +79,27 @@ def test_googlenet_cam_from_the_bvlc_train_val(tmp_path):
                           "loss3/top-5"]
 
 
+def test_the_cam_authors_googlenet_cam_differs_from_the_seeds_by_options(tmp_path):
+    """The paper's ImageNet GoogLeNet-CAM (zhoubolei/CAM's train_val and solver) is the seed's surgery on BVLC's deploy
+    with its classifier named CAM_fc, the net named GoogleNet, ImageNet LMDBs at batch 64/50 and its solver: every
+    layer equal but TEST's data layer, which writes out `mirror: false` (the default) where ours leaves it unset."""
+    fixtures = BVLC_TRAIN_VAL.parent
+    theirs, solver = read_net(fixtures / "cam_googlenet_train_val.prototxt"), read_solver(
+        fixtures / "cam_googlenet_solver.prototxt")
+    files = make(tmp_path, ZOO / "bvlc_googlenet.prototxt", "inception_4e/output", 1000, "--fc-name", "CAM_fc",
+                 "--name", "GoogleNet", "--lmdb", theirs.layer[0].data_param.source, theirs.layer[1].data_param.source,
+                 "--batch", "64", "--test-batch", "50", "--base-lr", "0.001", "--stepsize", "40000", "--max-iter",
+                 "160000", "--test-iter", "1000", "--test-interval", "3000", "--snapshot", "10000")
+    ours = read_net(files["train_val"])
+    assert theirs.layer[1].transform_param.HasField("mirror") and not ours.layer[1].transform_param.HasField("mirror")
+    theirs.layer[1].transform_param.ClearField("mirror")
+    assert_same_net(ours, theirs)
+    fields = ("base_lr", "lr_policy", "gamma", "stepsize", "max_iter", "momentum", "weight_decay", "test_iter",
+              "test_interval", "snapshot", "solver_mode")
+    ours = read_solver(files["solver"])
+    assert [getattr(ours, f) for f in fields] == [getattr(solver, f) for f in fields]
+
+
 def test_vgg16_cam_has_the_cam_authors_shapes(tmp_path):
     """Cut after relu5_3 (pool5 dropped); --dropout and --fc-name give the authors' head names too."""
     files = make(tmp_path, ZOO / "places365_vgg16.prototxt", "conv5_3", 1000, "--dropout", "0.5", "--fc-name",
@@ -92,10 +113,10 @@ def test_vgg16_cam_has_the_cam_authors_shapes(tmp_path):
 
 
 def test_alexnet_cam_is_the_papers_cut_at_conv5(tmp_path):
-    """The paper's AlexNet-GAP: conv1-conv5 kept, a 13×13 map. The authors' published deploy_alexnetplusCAM has
-    CaffeNet's layer order (pool before norm) and is the paper's AlexNet*-GAP instead: the same layers through conv4,
-    then a 384-wide conv5, pool5 (MAX 3/1) and two more 512-wide convolutions before an 11×11 GAP, which no cut of
-    a BVLC net gives: the shapes agree through conv4."""
+    """The paper's AlexNet-CAM: conv1-conv5 kept, a 13×13 map. The authors' published deploy_alexnetplusCAM (their
+    README's "AlexNet+-CAM") has CaffeNet's layer order (pool before norm) and the same layers through conv4, then a
+    384-wide conv5, pool5 (MAX 3/1) and two more 512-wide convolutions before an 11×11 GAP, which no cut of a BVLC
+    net gives: the shapes agree through conv4."""
     files = make(tmp_path, ZOO / "bvlc_reference_caffenet.prototxt", "conv5", 1000, "--deploy-batch", "10",
                  "--train-list", "t.txt", "--val-list", "v.txt")
     blobs, params = shapes(files["deploy"])
