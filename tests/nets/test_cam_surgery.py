@@ -2,6 +2,7 @@
 layer, the CAM authors' VGG16-CAM shapes, ResNet-50, and one clear line for each bad cut."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,20 @@ def test_resnet50_cut_at_res5c(tmp_path):
     blobs, params = shapes(files["deploy"])
     assert dict(blobs)["CAM_conv"] == (1, 1024, 7, 7) and dict(params)["CAM_fc_200"] == [(200, 1024), (200,)]
     Net(read_net(files["train_val"]), TRAIN, meta=True)
+
+
+CAFFE_SHAPES = json.loads((ROOT / "tests/golden/cam_nets/cam_nets.json").read_text())
+
+
+@pytest.mark.parametrize("case", sorted(CAFFE_SHAPES))
+def test_real_caffe_sets_up_the_cam_nets_with_our_shapes(tmp_path, case):
+    """tests/golden/cam_nets/make_cam_nets_golden.py had real Caffe set up these deploys: it takes them, with these
+    blob and parameter shapes."""
+    g = CAFFE_SHAPES[case]
+    files = make(tmp_path, ZOO / f"{g['base']}.prototxt", g["cut"], g["classes"], "--lmdb", "train_lmdb", "val_lmdb")
+    blobs, params = shapes(files["deploy"])
+    assert blobs == [(b, tuple(s)) for b, s in g["blob_shapes"]]
+    assert params == [(n, [tuple(s) for s in ps]) for n, ps in g["param_shapes"]]
 
 
 BAD_CUTS = [
