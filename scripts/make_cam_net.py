@@ -1,6 +1,6 @@
 """Write a CAM net built from any Caffe backbone: the base net up to --cut (layer names and parameters untouched, so
-its ImageNet .caffemodel copies by name), then CAM_conv (3x3, pad 1), CAM_relu, CAM_pool (global average), CAM_fc_<N>
-and the loss and top-1/top-5 accuracy layers, as train_val, deploy and solver prototxts."""
+its ImageNet .caffemodel copies by name), then CAM_conv (3x3, pad 1), CAM_relu (or the --head stack), CAM_pool (global
+average), CAM_fc_<N> and the loss and top-1/top-5 accuracy layers, as train_val, deploy and solver prototxts."""
 
 import sys
 from pathlib import Path
@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import dataclasses
 
 from google.protobuf import text_format
 
@@ -25,7 +26,11 @@ example (rebuilds prototxt/googlenet_cam_* from BVLC GoogLeNet):
   scripts/make_cam_net.py --base tests/zoo/bvlc_googlenet.prototxt --cut inception_4e/output --classes 14 \\
       --train-list data/train.txt --val-list data/val.txt --root-folder data/mpii/images/ \\
       --out prototxt --prefix googlenet_cam
-CAM paper nets: VGG16 --cut conv5_3 (after relu5_3, pool5 dropped), AlexNet --cut conv5, ResNet-50 --cut res5c."""
+CAM paper nets: VGG16 --cut conv5_3 (after relu5_3, pool5 dropped), ResNet-50 --cut res5c, and the CAM authors'
+AlexNet-CAM (deploy_alexnetplusCAM_imagenet) from CaffeNet:
+  scripts/make_cam_net.py --base tests/zoo/bvlc_reference_caffenet.prototxt --cut conv4 --classes 1000 \\
+      --head conv5:384:g2,pool5:max3s1,conv6:512:g2,conv7:512:g2 --pool-name pool8_global --dropout 0.5 \\
+      --fc-name fc9 --lmdb train_lmdb val_lmdb --out alexnet_cam"""
 
 
 def parse_args(argv):
@@ -39,11 +44,16 @@ def parse_args(argv):
     p.add_argument("--prefix", default="cam", help="file name prefix (default %(default)s)")
     p.add_argument("--name", help="net name (default: the base's name + '-CAM')")
     head = p.add_argument_group("CAM head")
-    head.add_argument("--conv-outputs", type=int, default=1024, help="CAM_conv outputs (default %(default)s)")
-    head.add_argument("--group", type=int, default=2, help="CAM_conv group (default %(default)s, the seed's)")
+    head.add_argument("--conv-outputs", type=int, help="CAM_conv outputs (default 1024)")
+    head.add_argument("--group", type=int, help="CAM_conv group (default 2, the seed's)")
+    head.add_argument("--head", metavar="SPEC",
+                      help=f"instead of CAM_conv+CAM_relu: {cam_surgery.HEAD_SYNTAX};\neach convolution gets a ReLU "
+                           "named with 'conv' -> 'relu' (conv5 -> relu5) and CAM_conv's fillers;\n"
+                           "e.g. the CAM authors' AlexNet-CAM: conv5:384:g2,pool5:max3s1,conv6:512:g2,conv7:512:g2")
+    head.add_argument("--pool-name", default="CAM_pool", help="the global average pool's name (default %(default)s)")
     head.add_argument("--global-pool", action="store_true",
                       help="CAM_pool with global_pooling (any input size) instead of AVE with a kernel the size of "
-                           "the cut map (the seed's 14/14)")
+                           "the last convolution's map (the seed's 14/14)")
     head.add_argument("--dropout", type=float, help="a Dropout of this ratio on CAM_pool (the CAM authors' "
                                                      "VGG16-CAM has 0.5; the seed's net none)")
     head.add_argument("--fc-name", help="classifier name (default CAM_fc_<N>; the CAM authors' nets use CAM_fc)")
@@ -108,6 +118,32 @@ def data_layers(args, crop):
     return None
 
 
+def make_head(args):
+    """The Head of the options: --head's stack, or the seed's CAM_conv of --conv-outputs and --group."""
+    if args.head is not None and (args.conv_outputs is not None or args.group is not None):
+        raise CaffeCamError("--conv-outputs and --group size the seed's CAM_conv; with --head give each "
+                            "convolution's outputs and group in its item (conv5:384:g2)")
+    stack = cam_surgery.parse_head(args.head) if args.head is not None else ()
+    return cam_surgery.Head(args.classes, None, 1024 if args.conv_outputs is None else args.conv_outputs,
+                            2 if args.group is None else args.group, args.fc_name, args.dropout, args.conv_bias,
+                            stack, args.pool_name)
+
+
+def head_map_size(probe, trunk, head):
+    """The height and width of the map the head's last convolution gives (CAM_pool's kernel): the cut map's for the
+    seed's head; a pooling in a --head stack shrinks it (Caffe's ceil((H + 2 pad - K) / S) + 1)."""
+    stack, end = cam_surgery.head_stack(trunk.blob, head)
+    net = caffe_pb2.NetParameter(name=probe.name)
+    net.layer.extend(list(probe.layer) + stack)
+    shapes = Net(net, TEST, meta=True).blob_shapes
+    for item in head.items():
+        n, c, h, w = shapes[item.name]
+        if h * w < 2:
+            raise CaffeCamError(f"--head: '{item.name}' leaves a {h}×{w} map; a class activation map needs more "
+                                "than one position: use a smaller pooling kernel or cut earlier")
+    return tuple(shapes[end][2:])
+
+
 def build(args):
     """(train_val, deploy, solver) messages and a one-line description of the cut."""
     base = load_base(args.base)
@@ -117,9 +153,10 @@ def build(args):
     probe.layer.extend([input_layer] + trunk.deploy)
     shape = Net(probe, TEST, meta=True).blob_shapes[trunk.blob]
     cam_surgery.check_spatial(trunk.blob, shape)
-    head = cam_surgery.Head(args.classes, None if args.global_pool else tuple(shape[2:]), args.conv_outputs,
-                            args.group, args.fc_name, args.dropout, args.conv_bias)
-    cam_surgery.check_head(head, shape[1])
+    head = make_head(args)
+    cam_surgery.check_head(head, shape[1], trunk)
+    map_size = head_map_size(probe, trunk, head)
+    head = dataclasses.replace(head, map_size=None if args.global_pool else map_size)
     name = args.name or f"{base.name}-CAM"
     crop = args.crop_size or input_layer.input_param.shape[0].dim[2]
     train_val = cam_surgery.train_val(trunk, head, name, data_layers(args, crop))
@@ -131,9 +168,10 @@ def build(args):
                                     args.snapshot_prefix or f"snapshots/{args.prefix}", args.base_lr, args.stepsize,
                                     args.max_iter, args.test_iter, args.test_interval, args.snapshot, args.solver_mode)
     dims = "×".join(map(str, shape[1:]))
+    added = ", ".join(f"{i.name} ({i.outputs}, group {i.group})" if isinstance(i, cam_surgery.HeadConv) else
+                      f"{i.name} ({i.method} {i.kernel}/{i.stride})" for i in head.items())
     what = (f"kept {len(trunk.layers)} of {len(base.layer)} layers of {args.base} up to '{trunk.blob}' ({dims}); "
-            f"added CAM_conv ({args.conv_outputs}, group {args.group}), CAM_pool, "
-            f"{args.fc_name or f'CAM_fc_{args.classes}'} ({args.classes} classes)")
+            f"added {added}, {head.pool_name}, {head.fc()} ({args.classes} classes)")
     return train_val, deploy, solver, what
 
 

@@ -1,6 +1,7 @@
 """The seed's CAM surgery on any backbone, as NetParameter messages: keep the layers a blob depends on, then add
 CAM_conv (3×3, pad 1), CAM_relu, CAM_pool (AVE over the whole map), CAM_fc_<N> and the loss/accuracy or softmax
-head; scripts/make_cam_net.py writes the results.
+head; scripts/make_cam_net.py writes the results. A head may also stack several convolutions and poolings before
+CAM_pool (the CAM authors' AlexNet-CAM: conv5, pool5, conv6, conv7 on CaffeNet's conv4).
 
 The base net comes in with current `layer` messages (V1 `layers` and the legacy `input:` header already upgraded by
 the caller, which has the engine for it), and the caller's `included(layer, phase)` says which layers a phase runs
@@ -9,6 +10,7 @@ ImageNet .caffemodel still copies into them by name.
 """
 
 import copy
+import re
 from dataclasses import dataclass
 
 from caffecam.errors import CaffeCamError
@@ -141,10 +143,69 @@ def input_for_deploy(trunk, batch, size=None):
     return lp
 
 
+HEAD_SYNTAX = ("comma-separated items, each NAME:OUTPUTS[:gGROUP] (a 3×3, pad 1 Convolution and its ReLU) or "
+               "NAME:maxK[sS] / NAME:aveK[sS] (a Pooling, kernel K, stride S, default 1), ending in a convolution")
+_CONV_ITEM = re.compile(r"(\d+)(?::g(\d+))?")
+_POOL_ITEM = re.compile(r"(max|ave)(\d+)(?:s(\d+))?")
+
+
+@dataclass(frozen=True)
+class HeadConv:
+    """A 3×3, pad 1 Convolution with the seed's CAM_conv fillers, and its ReLU (see relu_name)."""
+    name: str
+    outputs: int
+    group: int = 1
+
+
+@dataclass(frozen=True)
+class HeadPool:
+    name: str
+    method: str  # "MAX" or "AVE"
+    kernel: int
+    stride: int = 1
+
+
+def relu_name(conv_name):
+    """The ReLU of a head convolution: 'conv' -> 'relu' in its name (CAM_conv -> CAM_relu, conv5 -> relu5, the names
+    the seed's and the CAM authors' nets use), else NAME_relu."""
+    return conv_name.replace("conv", "relu", 1) if "conv" in conv_name else f"{conv_name}_relu"
+
+
+def parse_head(spec):
+    """--head's items (HEAD_SYNTAX) as HeadConv/HeadPool, e.g. the CAM authors' AlexNet-CAM:
+    "conv5:384:g2,pool5:max3s1,conv6:512:g2,conv7:512:g2"."""
+    items, names = [], set()
+    for text in spec.split(","):
+        name, _, rest = text.strip().partition(":")
+        conv, pool_ = _CONV_ITEM.fullmatch(rest), _POOL_ITEM.fullmatch(rest)
+        if not name or not (conv or pool_):
+            raise CaffeCamError(f"--head {spec}: item '{text}' is not NAME:OUTPUTS[:gGROUP] or NAME:maxK[sS] / "
+                                "NAME:aveK[sS], e.g. conv5:384:g2 or pool5:max3s1")
+        if conv:
+            item = HeadConv(name, int(conv[1]), int(conv[2] or 1))
+            if item.outputs < 1 or item.group < 1 or item.outputs % item.group:
+                raise CaffeCamError(f"--head {spec}: item '{text}': the outputs must be a positive multiple of the "
+                                    "group")
+        else:
+            item = HeadPool(name, pool_[1].upper(), int(pool_[2]), int(pool_[3] or 1))
+            if item.kernel < 1 or item.stride < 1:
+                raise CaffeCamError(f"--head {spec}: item '{text}': kernel and stride must be positive")
+        for layer_name in (name, relu_name(name)) if conv else (name,):
+            if layer_name in names:
+                raise CaffeCamError(f"--head {spec}: the name '{layer_name}' comes twice; give each item its own")
+            names.add(layer_name)
+        items.append(item)
+    if not isinstance(items[-1], HeadConv):
+        raise CaffeCamError(f"--head {spec}: ends in the pooling '{items[-1].name}'; end with a convolution (its "
+                            "channels are the class activation maps' features)")
+    return tuple(items)
+
+
 @dataclass
 class Head:
-    """What goes on top of the cut: CAM_conv's width and group, the classes, CAM_pool's kernel (the cut map's
-    height and width; None for global pooling), the classifier's name, an optional dropout before it."""
+    """What goes on top of the cut: `stack` (HeadConv/HeadPool items; default the seed's single CAM_conv of
+    `conv_outputs` and `group`), the classes, the global average pool `pool_name` with kernel `map_size` (the last
+    convolution's height and width; None for global pooling), the classifier's name, an optional dropout before it."""
     num_classes: int
     map_size: tuple | None
     conv_outputs: int = 1024
@@ -152,31 +213,51 @@ class Head:
     fc_name: str | None = None
     dropout: float | None = None
     conv_bias: float = 1.0  # the seed's; the CAM authors' VGG16-CAM has 0
+    stack: tuple = ()
+    pool_name: str = "CAM_pool"
+
+    def items(self):
+        return self.stack or (HeadConv("CAM_conv", self.conv_outputs, self.group),)
+
+    def fc(self):
+        return self.fc_name or f"CAM_fc_{self.num_classes}"
+
+
+def head_stack(bottom, head):
+    """The head's convolutions (each with its ReLU) and poolings on `bottom`, and the blob they end in."""
+    layers = []
+    for item in head.items():
+        if isinstance(item, HeadConv):
+            layers += conv_relu(item.name, relu_name(item.name), bottom, item.outputs, 3, pad=1, group=item.group,
+                                weight_filler=gaussian(0.01), bias_filler=constant(head.conv_bias))
+        else:
+            layers.append(pool(item.name, bottom, item.method, kernel=item.kernel, stride=item.stride))
+        bottom = item.name
+    return layers, bottom
 
 
 def cam_head(bottom, head, kind):
-    """CAM_conv, CAM_relu, CAM_pool[, CAM_dropout], CAM_fc_<N>, then softmax `prob` (kind "prob") or, for "loss",
-    the seed's loss3/loss3 and TEST-only loss3/top-1, loss3/top-5 (top-5 only with at least 5 classes: Caffe's
-    Accuracy needs top_k <= classes)."""
-    fc = head.fc_name or f"CAM_fc_{head.num_classes}"
-    layers = conv_relu("CAM_conv", "CAM_relu", bottom, head.conv_outputs, 3, pad=1, group=head.group,
-                       weight_filler=gaussian(0.01), bias_filler=constant(head.conv_bias))
+    """The head's stack (the seed's CAM_conv and CAM_relu), CAM_pool[, CAM_dropout], CAM_fc_<N>, then softmax `prob`
+    (kind "prob") or, for "loss", the seed's loss3/loss3 and TEST-only loss3/top-1, loss3/top-5 (top-5 only with at
+    least 5 classes: Caffe's Accuracy needs top_k <= classes)."""
+    fc, gap = head.fc(), head.pool_name
+    layers, bottom = head_stack(bottom, head)
     if head.map_size is None:
-        layers.append(pool("CAM_pool", "CAM_conv", "AVE", global_pooling=True))
+        layers.append(pool(gap, bottom, "AVE", global_pooling=True))
     elif head.map_size[0] == head.map_size[1]:
-        layers.append(pool("CAM_pool", "CAM_conv", "AVE", kernel=head.map_size[0], stride=head.map_size[0]))
+        layers.append(pool(gap, bottom, "AVE", kernel=head.map_size[0], stride=head.map_size[0]))
     else:
-        lp = layer("CAM_pool", "Pooling", ["CAM_conv"], ["CAM_pool"])
+        lp = layer(gap, "Pooling", [bottom], [gap])
         pp = lp.pooling_param
         pp.pool = caffe_pb2.PoolingParameter.AVE
         pp.kernel_h, pp.kernel_w = head.map_size
         pp.stride_h, pp.stride_w = head.map_size
         layers.append(lp)
     if head.dropout is not None:
-        drop = layer("CAM_dropout", "Dropout", ["CAM_pool"], ["CAM_pool"])
+        drop = layer("CAM_dropout", "Dropout", [gap], [gap])
         drop.dropout_param.dropout_ratio = head.dropout
         layers.append(drop)
-    layers.append(inner_product(fc, "CAM_pool", head.num_classes, xavier(), constant(0)))
+    layers.append(inner_product(fc, gap, head.num_classes, xavier(), constant(0)))
     if kind == "prob":
         return layers + [layer("prob", "Softmax", [fc], ["prob"])]
     if kind != "loss":
@@ -191,17 +272,32 @@ def cam_head(bottom, head, kind):
     return layers
 
 
-def check_head(head, channels):
+def check_head(head, channels, trunk=None):
+    """The head fits the cut blob's `channels` and, given the trunk, takes no name of its layers or blobs."""
     if head.num_classes < 2:
         raise CaffeCamError(f"--classes {head.num_classes}: a classifier needs at least 2 classes")
-    if head.conv_outputs < 1 or head.group < 1 or head.conv_outputs % head.group:
+    if not head.stack and (head.conv_outputs < 1 or head.group < 1 or head.conv_outputs % head.group):
         raise CaffeCamError(f"--conv-outputs {head.conv_outputs} --group {head.group}: the outputs must be a "
                             "positive multiple of the group")
-    if channels % head.group:
-        raise CaffeCamError(f"--group {head.group}: the cut blob's {channels} channels do not divide into "
-                            f"{head.group} groups; use --group 1")
+    for item in head.items():
+        if not isinstance(item, HeadConv):
+            continue
+        if channels % item.group:
+            if not head.stack:
+                raise CaffeCamError(f"--group {item.group}: the cut blob's {channels} channels do not divide into "
+                                    f"{item.group} groups; use --group 1")
+            raise CaffeCamError(f"--head item '{item.name}': its {channels} input channels do not divide into "
+                                f"{item.group} groups; use :g1 or a group that divides {channels}")
+        channels = item.outputs
     if head.dropout is not None and not 0 <= head.dropout < 1:
         raise CaffeCamError(f"--dropout {head.dropout}: must lie in [0, 1)")
+    if trunk is not None:
+        taken = {lp.name for lp in trunk.layers} | {t for lp in trunk.layers for t in lp.top}
+        for lp in head_stack(trunk.blob, head)[0] + [layer(head.pool_name, "Pooling"), layer(head.fc(), "Fc")]:
+            if lp.name in taken:
+                raise CaffeCamError(f"the head's '{lp.name}' is already a layer or blob of the kept net; name it "
+                                    "otherwise (--head, --pool-name, --fc-name)")
+            taken.add(lp.name)
 
 
 def train_val(trunk, head, name, data=None):

@@ -1,5 +1,5 @@
 """scripts/make_cam_net.py and nets/cam_surgery.py: the seed's GoogLeNet-CAM rebuilt from BVLC's GoogLeNet layer for
-layer, the CAM authors' VGG16-CAM shapes, ResNet-50, and one clear line for each bad cut."""
+layer, the CAM authors' VGG16-CAM and AlexNet-CAM shapes, ResNet-50, and one clear line for each bad cut or head."""
 
 import copy
 import json
@@ -113,21 +113,59 @@ def test_vgg16_cam_has_the_cam_authors_shapes(tmp_path):
     assert [lp.name for lp in deploy.layer if lp.bottom == ["conv5_3"]] == ["relu5_3", "CAM_conv"]
 
 
-def test_alexnet_cam_is_the_papers_cut_at_conv5(tmp_path):
-    """The paper's AlexNet-CAM: conv1-conv5 kept, a 13×13 map. The authors' published deploy_alexnetplusCAM (their
-    README's "AlexNet+-CAM") has CaffeNet's layer order (pool before norm) and the same layers through conv4, then a
-    384-wide conv5, pool5 (MAX 3/1) and two more 512-wide convolutions before an 11×11 GAP, which no cut of a BVLC
-    net gives: the shapes agree through conv4."""
-    files = make(tmp_path, ZOO / "bvlc_reference_caffenet.prototxt", "conv5", 1000, "--deploy-batch", "10",
-                 "--train-list", "t.txt", "--val-list", "v.txt")
-    blobs, params = shapes(files["deploy"])
-    theirs_blobs, theirs_params = shapes(ZOO / "cam_alexnet_imagenet.prototxt")
-    through_conv4 = [b for b, _ in theirs_blobs].index("conv4") + 1
-    assert blobs[:through_conv4] == theirs_blobs[:through_conv4]
-    assert params[:4] == theirs_params[:4]  # conv1-conv4
-    assert dict(blobs)["conv5"] == (10, 256, 13, 13) and dict(blobs)["CAM_conv"] == (10, 1024, 13, 13)
-    assert dict(params)["CAM_conv"] == [(1024, 128, 3, 3), (1024,)]
-    assert dict(theirs_blobs)["conv7"] == (10, 512, 11, 11)
+ALEXNET_CAM_HEAD = ["--head", "conv5:384:g2,pool5:max3s1,conv6:512:g2,conv7:512:g2", "--pool-name", "pool8_global",
+                    "--dropout", "0.5", "--fc-name", "fc9"]
+
+
+def test_alexnet_cam_has_the_cam_authors_shapes(tmp_path):
+    """The authors' deploy_alexnetplusCAM_imagenet (their README's "AlexNet+-CAM") is CaffeNet (pool before norm;
+    bvlc_alexnet has norm1 before pool1) through relu4, then a 384-wide conv5, pool5 MAX 3/1 (13×13 -> 11×11), conv6
+    and conv7 (512, group 2) and an 11×11 AVE pool: cut at conv4 with that --head. Every blob and parameter shape
+    (and name) is theirs."""
+    files = make(tmp_path, ZOO / "bvlc_reference_caffenet.prototxt", "conv4", 1000, *ALEXNET_CAM_HEAD,
+                 "--deploy-batch", "10", "--lmdb", "train_lmdb", "val_lmdb")
+    theirs = shapes(ZOO / "cam_alexnet_imagenet.prototxt")
+    assert dict(theirs[0])["conv7"] == (10, 512, 11, 11) and dict(theirs[1])["conv6"] == [(512, 192, 3, 3), (512,)]
+    assert shapes(files["deploy"]) == theirs
+    deploy = read_net(files["deploy"])
+    ours, authors = {lp.name: lp for lp in deploy.layer}, {lp.name: lp for lp in read_net(
+        ZOO / "cam_alexnet_imagenet.prototxt").layers}
+    for name in ("conv5", "pool5", "conv6", "conv7", "pool8_global"):  # kernels, pads, strides, groups, fillers
+        for field in ("convolution_param", "pooling_param"):
+            assert getattr(ours[name], field) == getattr(authors[name], field), (name, field)
+    assert [lp.name for lp in deploy.layer if lp.type == "ReLU"][-3:] == ["relu5", "relu6", "relu7"]
+    by_relu = make(tmp_path / "relu4", ZOO / "bvlc_reference_caffenet.prototxt", "relu4", 1000, *ALEXNET_CAM_HEAD,
+                   "--deploy-batch", "10", "--lmdb", "train_lmdb", "val_lmdb")
+    assert read_net(by_relu["deploy"]) == deploy
+    Net(read_net(files["train_val"]), TRAIN, meta=True)
+
+
+BAD_HEADS = [
+    ("conv5:384:g2,pool5:max3s1", "--head conv5:384:g2,pool5:max3s1: ends in the pooling 'pool5'; end with a "
+                                  "convolution"),
+    ("conv5:384:g5", "--head conv5:384:g5: item 'conv5:384:g5': the outputs must be a positive multiple of the group"),
+    ("conv5:x", "--head conv5:x: item 'conv5:x' is not NAME:OUTPUTS[:gGROUP] or NAME:maxK[sS] / NAME:aveK[sS]"),
+    ("conv5:8,", "--head conv5:8,: item '' is not NAME:OUTPUTS[:gGROUP]"),
+    ("p:max0,c:8", "--head p:max0,c:8: item 'p:max0': kernel and stride must be positive"),
+    ("conv5:8,relu5:max2,c:8", "--head conv5:8,relu5:max2,c:8: the name 'relu5' comes twice"),
+    ("conv3:8", "the head's 'conv3' is already a layer or blob of the kept net"),
+    ("a:6:g3,b:8:g4", "--head item 'b': its 6 input channels do not divide into 4 groups; use :g1 or a group that "
+                      "divides 6"),
+    ("a:8,p:max13s1,c:8", "--head: 'p' leaves a 1×1 map; a class activation map needs more than one position"),
+]
+
+
+@pytest.mark.parametrize("spec, message", BAD_HEADS, ids=[s for s, _ in BAD_HEADS])
+def test_bad_heads_are_one_clear_line(tmp_path, capsys, spec, message):
+    with pytest.raises(SystemExit) as exit_:
+        make(tmp_path, ZOO / "bvlc_reference_caffenet.prototxt", "conv4", 10, "--head", spec, "--lmdb", "a", "b")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(SystemExit):
+        make(tmp_path, ZOO / "bvlc_reference_caffenet.prototxt", "conv4", 10, "--head", "c:8", "--group", "1",
+             "--lmdb", "a", "b")
+    assert "with --head give each convolution's outputs and group in its item" in capsys.readouterr().err
 
 
 def test_resnet50_cut_at_res5c(tmp_path):
@@ -151,7 +189,8 @@ def test_real_caffe_sets_up_the_cam_nets_with_our_shapes(tmp_path, case):
     """tests/golden/cam_nets/make_cam_nets_golden.py had real Caffe set up these deploys: it takes them, with these
     blob and parameter shapes."""
     g = CAFFE_SHAPES[case]
-    files = make(tmp_path, ZOO / f"{g['base']}.prototxt", g["cut"], g["classes"], "--lmdb", "train_lmdb", "val_lmdb")
+    files = make(tmp_path, ZOO / f"{g['base']}.prototxt", g["cut"], g["classes"], *g.get("args", []), "--lmdb",
+                 "train_lmdb", "val_lmdb")
     blobs, params = shapes(files["deploy"])
     assert blobs == [(b, tuple(s)) for b, s in g["blob_shapes"]]
     assert params == [(n, [tuple(s) for s in ps]) for n, ps in g["param_shapes"]]
