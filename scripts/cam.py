@@ -14,7 +14,7 @@ from caffecam.cam.pipeline import add_model_args, check_model_args, model_from_a
 from caffecam.cam.report import ReportWriter
 from caffecam.cam.shards import from_group
 from caffecam.data.images import LIST_EXTS, collect_inputs
-from caffecam.errors import CaffeCamError, main_guard
+from caffecam.errors import CaffeCamError, main_guard, rank_zero_speaks
 from caffecam.train import distributed
 
 AUTO_MODEL = "prototxt/googlenet_cam_deploy.prototxt"
@@ -94,6 +94,7 @@ def resolve_auto(args):
 
 @main_guard
 def main(argv=None):
+    rank_zero_speaks()  # under torchrun: an option error once, not once per rank
     args = build_parser().parse_args(argv)
     if args.auto:
         resolve_auto(args)

@@ -19,7 +19,7 @@ from caffecam.cam.pipeline import (
 )
 from caffecam.cam.shards import from_group
 from caffecam.data.images import read_list_file
-from caffecam.errors import CaffeCamError, main_guard
+from caffecam.errors import CaffeCamError, main_guard, rank_zero_speaks
 from caffecam.train import distributed
 
 
@@ -41,6 +41,7 @@ def build_parser():
 
 @main_guard
 def main(argv=None):
+    rank_zero_speaks()  # under torchrun: an option error once, not once per rank
     args = build_parser().parse_args(argv)
     check_model_args(args)
     keep_freed_memory()

@@ -13,7 +13,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, ranks_part
 
 
 def env():
@@ -48,9 +48,11 @@ def relaunch(script, argv, nproc):
 
 def join(cpu=False):
     """Under torchrun (several processes): the process group on this rank's device, GPU LOCAL_RANK (nccl) or, with
-    `cpu` or without CUDA, the CPU (gloo); None for a single process. Used by the scripts that shard inputs."""
+    `cpu` or without CUDA, the CPU (gloo); None for a single process. Used by the scripts that shard inputs. From here
+    each rank, on its own device, reports its own errors (errors.rank_zero_speaks until now)."""
     if not under_torchrun():
         return None
+    ranks_part()
     if cpu or not torch.cuda.is_available():
         group = Group("cpu")
     else:

@@ -136,3 +136,11 @@ def test_eval_loc_on_two_processes_scores_what_one_scores(tmp_path):
     assert one == two and one["images"] == 11 and len(one["per_threshold"]) == 5
     assert outs[0].stdout.replace("loc1", "loc2") == outs[1].stdout  # rank 0 alone prints, the same lines
     assert np.isclose(one["accuracy"], 9 / 11)  # the helpers list images 2 and 7 of these 11 with wrong labels
+
+
+def test_an_option_error_under_torchrun_is_printed_once(tmp_path):
+    """Every rank reads the same options and fails alike; rank 0 alone prints the line (caffecam.errors'
+    rank_zero_speaks), and torchrun stops the other rank while it waits."""
+    proc = run(tmp_path, "cam.py", 2, "--alpha", "2", "x.jpg")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and errors == ["error: --alpha 2.0: must lie in [0, 1]"], proc.stderr[-3000:]
