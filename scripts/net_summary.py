@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from caffecam.engine.cost import layer_macs
 from caffecam.engine.layers import INPUT_TYPES
 from caffecam.engine.net import Net
 from caffecam.engine.prototxt import read_net
@@ -73,23 +74,6 @@ def upgrade_notes(net_param):
     elif len(net_param.input):
         notes.append("legacy `input:` header read as an Input layer")
     return notes
-
-
-def macs(lp, layer, bottom_shapes, top_shapes):
-    """Multiply-adds of one forward: Convolution, Deconvolution and InnerProduct only (each output element is a dot
-    product over one filter's taps); elementwise layers, pooling and normalization count 0."""
-    if not len(layer.blobs) or lp.type not in ("Convolution", "Deconvolution", "InnerProduct"):
-        return 0
-    taps = layer.blobs[0].numel()
-    if lp.type == "Deconvolution":  # each input element is scattered through one filter column
-        return math.prod(bottom_shapes[0]) * taps // bottom_shapes[0][1]
-    outputs = (lp.convolution_param if lp.type == "Convolution" else lp.inner_product_param).num_output
-    return math.prod(top_shapes[0]) * taps // outputs
-
-
-def layer_macs(net):
-    return [macs(lp, layer, [net.blob_shapes[b] for b in lp.bottom], layer.top_shapes)
-            for lp, layer in zip(net.layer_params, net.layers)]
 
 
 def total_params(net):
