@@ -53,8 +53,15 @@ cam: setup
 curves: setup
 	$(PY) scripts/plot_curves.py
 
-bench: setup
-	$(PY) scripts/bench.py
+# OpenCV 4's DNN module (readNetFromCaffe, gone from OpenCV 5) is a peer of the bench only: its own environment.
+# Real Caffe is a peer when CAFFE_REF names a build (source /work/caffe-ref/env.sh first).
+.venv-cv4/.installed: requirements-bench-cv4.txt
+	test -x .venv-cv4/bin/python || python3 -m venv .venv-cv4
+	.venv-cv4/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-bench-cv4.txt
+	touch $@
+
+bench: setup .venv-cv4/.installed
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf .venv .pytest_cache .ruff_cache
+	rm -rf .venv .venv-cv4 .pytest_cache .ruff_cache
