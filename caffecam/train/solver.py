@@ -24,36 +24,9 @@ from caffecam.engine import precision
 from caffecam.engine.net import Net
 from caffecam.errors import CaffeCamError
 from caffecam.proto import caffe_pb2
-from caffecam.train import distributed, lr_policy, sgd, snapshots, solver_nets
+from caffecam.train import distributed, lr_policy, sgd, snapshots, solver_feeds, solver_nets
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
-
-
-def data_feeds(workers=2, prefetch=4, max_pixels=None, pin_memory=False):
-    """The default feed factory: caffecam.data.feeds' BatchFeeds of the net's Data/ImageData layers (images over
-    max_pixels refused; None: the data package's default; pinned batches for a CUDA device only: pinning creates a
-    CUDA context)."""
-
-    def factory(net_param, state, seed, rank, world_size, start_batch):
-        from caffecam.data.feeds import make_feeds
-
-        limit = {} if max_pixels is None else {"max_pixels": max_pixels}
-        return make_feeds(net_param, state.phase, level=state.level, stages=tuple(state.stage), seed=seed, rank=rank,
-                          world_size=world_size, workers=workers, prefetch=prefetch, start_batch=start_batch,
-                          pin_memory=pin_memory, **limit)
-
-    return factory
-
-
-def _iteration_seed(seed, rank, it):
-    """A 64-bit seed mixed from (seed, rank, iteration) with splitmix64 steps."""
-    x = 0
-    for v in (seed, rank, it):
-        x = (x ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x
 
 
 class Solver:
@@ -93,25 +66,25 @@ class Solver:
         self.seed = sp.random_seed if sp.random_seed >= 0 else secrets.randbits(62)
         if group is not None and sp.random_seed < 0:
             self.seed = group.broadcast_int(self.seed)  # every rank must cut the same data stream
-        self._feed_factory = feeds or data_feeds(workers, max_pixels=max_pixels,
-                                                 pin_memory=self.device.type == "cuda")
+        self._feed_factory = feeds or solver_feeds.data_feeds(workers, max_pixels=max_pixels,
+                                                              pin_memory=self.device.type == "cuda")
         self.iter, self.current_step, self.stop_requested, self.stopped = 0, 0, False, False
         self._last_snapshot, self.last_snapshot_path = None, None
         self.train_feeds, self.test_feeds, self.test_nets = [], [], []
 
         self.train_param, self.train_state = train_param, train_state = solver_nets.train_net(sp, self.where)
         self.train_feeds = self._open_feeds(train_param, train_state, 0)
-        self.net = Net(train_param, TRAIN, input_shapes=self._shapes(self.train_feeds), seed=self._filler_seed(),
-                       level=train_state.level, stages=tuple(train_state.stage))
-        self._check_fed(self.net, self.train_feeds)
+        self.net = Net(train_param, TRAIN, input_shapes=solver_feeds.feed_shapes(self.train_feeds),
+                       seed=self._filler_seed(), level=train_state.level, stages=tuple(train_state.stage))
+        solver_feeds.check_fed(self.where, self.net, self.train_feeds)
         self._prepare(self.net)
         self.test_specs = solver_nets.test_nets(sp, self.where)
         self._test_cursor = [0] * len(self.test_specs)  # test batches read so far by all ranks together, per net
         for param, state, _ in self.test_specs:
             feeds = self._open_feeds(param, state, 0)
-            net = Net(param, TEST, input_shapes=self._shapes(feeds), seed=self._filler_seed(), level=state.level,
-                      stages=tuple(state.stage))
-            self._check_fed(net, feeds)
+            net = Net(param, TEST, input_shapes=solver_feeds.feed_shapes(feeds), seed=self._filler_seed(),
+                      level=state.level, stages=tuple(state.stage))
+            solver_feeds.check_fed(self.where, net, feeds)
             self._share_weights(net)
             self._prepare(net)
             self.test_nets.append(net)
@@ -127,7 +100,7 @@ class Solver:
                                 "train")
         if not self.net.loss_weights:
             raise CaffeCamError(f"{self.where}: net '{self.net.name}' has no loss layer (e.g. SoftmaxWithLoss)")
-        self._check_labels()
+        solver_feeds.check_labels([(self.net, self.train_feeds), *zip(self.test_nets, self.test_feeds)])
         # engine: CAFFE keeps a layer direct; bfloat16 autocast too (winograd.suits)
         fast = self.net.winograd_layers() if self.device.type == "cpu" and not self.bf16 else []
         if fast:
@@ -152,37 +125,6 @@ class Solver:
     def _open_feeds(self, param, state, start_batch):
         return list(self._feed_factory(param, state, self.seed, self.rank, self.world_size, start_batch))
 
-    @staticmethod
-    def _shapes(feeds):
-        shapes = {}
-        for f in feeds:
-            shapes.update(f.shapes)
-        return shapes
-
-    def _check_fed(self, net, feeds):
-        fed = {t for f in feeds for t in f.top_names}
-        missing = [b for b in net.input_blobs if b not in fed]
-        if missing:
-            phase = caffe_pb2.Phase.Name(net.phase)
-            raise CaffeCamError(f"{self.where}: net '{net.name}' ({phase}) has no Data/ImageData layer feeding "
-                                f"'{missing[0]}'; a net to train needs data layers (Input layers are for deploy)")
-
-    def _check_labels(self):
-        """Every label of every data layer within [0, num_output) of the SoftmaxWithLoss it feeds (one-line error
-        naming the list file line or LMDB record otherwise)."""
-        from caffecam.data.feeds import BatchFeed, check_labels
-
-        nets = [(self.net, self.train_feeds)] + list(zip(self.test_nets, self.test_feeds))
-        for net, feeds in nets:
-            for feed in feeds:
-                if not isinstance(feed, BatchFeed) or len(feed.top_names) < 2:
-                    continue
-                for lp in net.consumers(feed.top_names[1]):
-                    if lp.type == "SoftmaxWithLoss" and len(lp.bottom) == 2 and lp.bottom[1] == feed.top_names[1]:
-                        shape = net.blob_shapes[lp.bottom[0]]
-                        check_labels(feed, int(shape[1]) if len(shape) > 1 else 1)
-                        break
-
     def _share_weights(self, test_net):
         """Caffe's ShareTrainedLayersWith: a test layer with a train layer's name uses the same blobs."""
         for name, layer in test_net.layer_by_name.items():
@@ -202,7 +144,7 @@ class Solver:
 
     def _reseed(self):
         """Seed the generator dropout draws from (torch.manual_seed is 70× slower: it visits every backend)."""
-        seed = _iteration_seed(self.seed, self.rank, self.iter)
+        seed = solver_feeds.iteration_seed(self.seed, self.rank, self.iter)
         if self.device.type == "cuda":
             with torch.cuda.device(self.device):
                 torch.cuda.manual_seed(seed)
