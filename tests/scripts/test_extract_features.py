@@ -176,6 +176,26 @@ def test_bf16_close_to_float32_and_refused_where_the_cpu_lacks_it(tmp_path, caps
     assert "--bf16: this CPU has no native bfloat16" in line and not (tmp_path / "no.npz").exists()
 
 
+def test_places365_alexnet_input_size_and_its_mean_image(tmp_path, images):
+    # The published deploy file as users bring it (legacy input_dim 10×3×227×227), cut after conv1 to stay small;
+    # its mean is a 3×256×256 image (places365CNN_mean.binaryproto), centre-cropped at (256 − 227) // 2 = 14.
+    from caffecam.data.datum import write_mean_binaryproto
+    from caffecam.engine.prototxt import write_text
+
+    folder, arrays = images
+    param = read_net(REPO / "tests" / "zoo" / "places365_alexnet.prototxt")
+    del param.layer[1:]
+    write_text(tmp_path / "alexnet.prototxt", param)
+    save_caffemodel(Net(param, seed=1), tmp_path / "w.caffemodel")
+    mean = np.random.default_rng(2).uniform(80, 140, (3, 256, 256)).astype(np.float32)
+    write_mean_binaryproto(tmp_path / "mean.binaryproto", mean)
+    run("--model", tmp_path / "alexnet.prototxt", "--weights", tmp_path / "w.caffemodel", "--blobs", "data",
+        "--out", tmp_path / "f.npz", "--mean-file", tmp_path / "mean.binaryproto", folder / "im2.png")
+    got = load(tmp_path / "f.npz")["data"]
+    resized = cv2.resize(arrays[2], (227, 227), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    np.testing.assert_array_equal(got[0], resized.astype(np.float32) - mean[:, 14:241, 14:241])
+
+
 def test_errors_are_one_line(tmp_path, capsys, images):
     folder, _ = images
     base = ["--model", DATA / "mixed.prototxt", "--weights", DATA / "mixed.caffemodel", "--out", tmp_path / "f.npz"]
