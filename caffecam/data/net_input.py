@@ -83,7 +83,8 @@ def add_input_args(p, mean_default=DEFAULT_MEAN):
                       help="mean subtracted per channel, in the net's channel order (B,G,R unless --channel-order "
                            "RGB), or one value for all (default %(default)s)")
     mean.add_argument("--mean-file", metavar="MEAN.binaryproto",
-                      help="a Caffe mean image (e.g. Places365's) instead of --mean, centre-cropped to the input size")
+                      help="a mean image instead of --mean, centre-cropped to the input size: Caffe's .binaryproto "
+                           "(e.g. Places365's) or pycaffe's C×H×W .npy (ilsvrc_2012_mean.npy)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply (pixel − mean) by this (Caffe's transform_param.scale, e.g. MobileNet's 0.017; "
                         "default 1)")
@@ -94,9 +95,24 @@ def add_input_args(p, mean_default=DEFAULT_MEAN):
                         "RGB frameworks)")
 
 
+def read_mean_file(path):
+    """A mean image, C×H×W float32: Caffe's mean.binaryproto, or pycaffe's .npy (e.g. ilsvrc_2012_mean.npy)."""
+    if str(path).lower().endswith(".npy"):
+        try:
+            mean = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise CaffeCamError(f"--mean-file {path}: file not found") from None
+        except (OSError, ValueError) as exc:
+            raise CaffeCamError(f"--mean-file {path}: not a .npy array ({exc})") from None
+        if mean.ndim != 3 or mean.dtype.kind not in "fiu":
+            raise CaffeCamError(f"--mean-file {path}: needs a C×H×W array of numbers, got {mean.shape} {mean.dtype}")
+        return mean.astype(np.float32)
+    return read_mean_binaryproto(path)
+
+
 def input_options(args):
     """NetInput's keyword arguments from the options of add_input_args (reads the mean file)."""
     mean_file = getattr(args, "mean_file", None)
-    mean = read_mean_binaryproto(mean_file) if mean_file else parse_mean(args.mean)
+    mean = read_mean_file(mean_file) if mean_file else parse_mean(args.mean)
     return {"mean": mean, "scale": args.scale, "raw_scale": args.raw_scale, "channel_order": args.channel_order,
             "where": f"--mean-file {mean_file}" if mean_file else "--mean"}

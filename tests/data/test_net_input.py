@@ -97,6 +97,23 @@ def test_bad_options_are_one_line(kwargs, needle):
 def test_missing_mean_file_is_one_line(tmp_path):
     with pytest.raises(CaffeCamError, match="nowhere.binaryproto"):
         input_options(parse("--mean-file", tmp_path / "nowhere.binaryproto"))
+    with pytest.raises(CaffeCamError, match="nowhere.npy: file not found"):
+        input_options(parse("--mean-file", tmp_path / "nowhere.npy"))
+
+
+def test_pycaffe_npy_mean_file(tmp_path):
+    # pycaffe ships its ImageNet mean as ilsvrc_2012_mean.npy (3×256×256 float64, B,G,R).
+    mean = np.random.default_rng(4).uniform(90, 130, (3, 8, 8))
+    np.save(tmp_path / "mean.npy", mean)
+    opts = input_options(parse("--mean-file", tmp_path / "mean.npy"))
+    out = NetInput(6, 6, **opts)(np.full((6, 6, 3), 200, np.uint8))
+    np.testing.assert_array_equal(out, 200 - mean.astype(np.float32)[:, 1:7, 1:7].transpose(1, 2, 0))
+    np.save(tmp_path / "flat.npy", mean[0])
+    with pytest.raises(CaffeCamError, match="needs a C×H×W array"):
+        input_options(parse("--mean-file", tmp_path / "flat.npy"))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(CaffeCamError, match="not a .npy array"):  # never unpickled
+        input_options(parse("--mean-file", tmp_path / "obj.npy"))
 
 
 @pytest.mark.parametrize("case,options", [
