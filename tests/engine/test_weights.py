@@ -282,3 +282,22 @@ def test_layers_loaded_from_weights_skip_their_fillers(tmp_path):
     for name, blobs in Net(param, TEST, seed=3).params.items():
         for got, expect in zip(seeded.params[name], blobs):
             assert torch.equal(got, expect), name
+
+
+def test_copy_keeps_shared_blobs_one_tensor_and_the_layout(tmp_path):
+    shared = NET.replace('type: "InnerProduct" bottom: "conv" top: "fc"',
+                         'type: "InnerProduct" bottom: "conv" top: "fc" param { name: "w" } param { name: "b" }')
+    shared += """layer { name: "fc2" type: "InnerProduct" bottom: "conv" top: "fc2"
+  param { name: "w" } param { name: "b" } inner_product_param { num_output: 5 } }"""
+    param = parse_text(shared, caffe_pb2.NetParameter)
+    save_caffemodel(Net(param, TEST, seed=5), tmp_path / "w.caffemodel")
+    source = read_caffemodel(tmp_path / "w.caffemodel")
+    expect = {lp.name: [blob_to_array(b) for b in lp.blobs] for lp in source.layer}
+    net = Net(param, TEST, seed=9)
+    net.to(memory_format=torch.channels_last)
+    copy_weights(net, source)
+    assert net.params["fc"][0] is net.params["fc2"][0] and net.params["fc"][1] is net.params["fc2"][1]
+    assert net.params["conv"][0].is_contiguous(memory_format=torch.channels_last)
+    for name in ("conv", "fc", "fc2"):
+        for got, want in zip(net.params[name], expect[name]):
+            np.testing.assert_array_equal(got.detach().numpy(), want)
