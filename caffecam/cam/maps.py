@@ -28,16 +28,37 @@ from caffecam.textfile import content_lines
 
 
 def read_class_labels(path):
-    """class_labels.csv (`id name` per line, space separated; ids 0..N−1) -> [name by id]."""
+    """Class names by id, from the label files researchers hold, the layout decided for the whole file:
+    `id name` per line (class_labels.csv, ids 0..N−1 in any order); `name id` (Places365's categories_places365.txt,
+    `/a/airfield 0`); or one name per line, the id being the line's rank (ImageNet's synset_words.txt,
+    `n01440764 tench, Tinca tinca`, and Caffe's labels.txt)."""
+    rows = [(n, line.strip()) for n, line in content_lines(path)]
+    if not rows:
+        raise CaffeCamError(f"{path}: no class names; write one per line (`id name`, `name id` or just `name`)")
+
+    def split(line, leading):
+        parts = line.split(None, 1) if leading else line.rsplit(None, 1)
+        idx, name = (0, 1) if leading else (1, 0)
+        if len(parts) == 2 and parts[idx].isdigit():
+            return int(parts[idx]), parts[name].strip()
+        return None
+
+    for leading, example in ((True, "0 bicycling"), (False, "/a/airfield 0")):
+        parsed = [split(line, leading) for _, line in rows]
+        if all(parsed):
+            break
+        if leading and parsed[0] is not None:  # starts as `id name`: a line without its id is a mistake
+            n, line = rows[parsed.index(None)]
+            raise CaffeCamError(f"{path}:{n}: expected `id name` (e.g. `{example}`) as on line {rows[0][0]}, "
+                                f"got {line!r}")
+    else:
+        return [line for _, line in rows]  # one name per line
     names = {}
-    for n, line in content_lines(path):
-        parts = line.split(None, 1)
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise CaffeCamError(f"{path}:{n}: expected `id name` (e.g. `0 bicycling`), got {line!r}")
-        if int(parts[0]) in names:
-            raise CaffeCamError(f"{path}:{n}: class id {parts[0]} given twice")
-        names[int(parts[0])] = parts[1].strip()
-    if sorted(names) != list(range(len(names))) or not names:
+    for (n, _), (i, name) in zip(rows, parsed):
+        if i in names:
+            raise CaffeCamError(f"{path}:{n}: class id {i} given twice")
+        names[i] = name
+    if sorted(names) != list(range(len(names))):
         raise CaffeCamError(f"{path}: class ids must be 0..N-1 without gaps, got {sorted(names)[:10]}")
     return [names[i] for i in range(len(names))]
 

@@ -262,7 +262,9 @@ def add_model_args(p):
     p.add_argument("--model", help="deploy prototxt of a classifier (CAM needs global average pooling + a linear "
                                    "classifier; the gradient methods take any)")
     p.add_argument("--weights", help=".caffemodel with the trained weights")
-    p.add_argument("--labels", help="class_labels.csv (`id name` per line); without it classes are shown by id")
+    p.add_argument("--labels", help="class names: `id name` per line (class_labels.csv), `name id` (Places365's "
+                   "categories_places365.txt) or one name per line (synset_words.txt); without it classes are "
+                   "shown by id")
     add_input_args(p)
     p.add_argument("--method", choices=METHODS,
                    help="cam: the classifier's weights on the maps its global average pooling reads; gradcam, "

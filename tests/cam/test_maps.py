@@ -185,7 +185,13 @@ def test_labels_and_mean(tmp_path):
     p = tmp_path / "labels.csv"
     p.write_text("1 riding_a_bike\n0 walking\n2 water_activities\n")
     assert read_class_labels(p) == ["walking", "riding_a_bike", "water_activities"]
-    bad = (("0 a\n2 b\n", "without gaps"), ("0 a\n0 b\n", "twice"), ("x a\n", "expected"), ("", "without gaps"))
+    # Places365's `name id`, ImageNet's synset_words.txt (one name per line, the id its rank)
+    p.write_text("/a/airfield 0\n/b/bakery/shop 2\n/a/alley 1\n")
+    assert read_class_labels(p) == ["/a/airfield", "/a/alley", "/b/bakery/shop"]
+    p.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
+    assert read_class_labels(p) == ["n01440764 tench, Tinca tinca", "n01443537 goldfish, Carassius auratus"]
+    bad = (("0 a\n2 b\n", "without gaps"), ("0 a\n0 b\n", "twice"), ("0 a\nb\n", r":2: expected `id name`"),
+           ("a 0\nb 0\n", "twice"), ("", "no class names"))
     for text, what in bad:
         p.write_text(text)
         with pytest.raises(CaffeCamError, match=what):
