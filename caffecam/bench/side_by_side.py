@@ -17,7 +17,9 @@ from caffecam.nets.builders import image_data_layers
 from caffecam.nets.googlenet_cam import googlenet_cam
 from caffecam.proto import caffe_pb2
 
-AGREE = 1e-4  # OpenCV's output against ours, max |difference| / max |ours|, before its speed counts
+# OpenCV's output against ours, max |difference| / max |ours|, before its speed counts: 50 float32 layers summed in
+# another order (and BatchNorm folded by each side its own way) differ by 1e-4 to 2e-4 on ResNet-50's softmax
+AGREE = 1e-3
 
 
 def ratio(a, b):

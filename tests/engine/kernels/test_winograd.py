@@ -198,8 +198,7 @@ def check_net_output(net, monkeypatch, expect_winograd):
     x = torch.randn((8, 128, 14, 14), generator=torch.Generator().manual_seed(0))
     w, b = net.params["conv"]
     assert winograd.suits(x, w, (1, 1), (1, 1), (1, 1), 1)
-    with torch.no_grad():
-        y = net(x)["conv"]
+    y = net(x)["conv"].detach()  # a forward recording gradients, as in training
     assert len(calls) == int(expect_winograd)
     # The reference costs a loop per output channel; 24 channels of the 128 are enough to catch a wrong layer.
     assert rel_err(y[:, :24], reference(x, w[:24].detach(), b[:24].detach(), 1)) < 1e-5
@@ -211,6 +210,17 @@ def test_convolution_layer_uses_winograd(monkeypatch):
 
 def test_engine_caffe_uses_direct_convolution(monkeypatch):
     check_net_output(conv_net("engine: CAFFE"), monkeypatch, False)
+
+
+def test_forward_without_gradient_uses_direct_convolution(monkeypatch):
+    # at inference oneDNN's direct convolution is the faster one here (vision.Convolution.convolve)
+    net = conv_net()
+    monkeypatch.setattr(winograd, "conv3x3", lambda *a, **k: pytest.fail("Winograd at inference"))
+    x = torch.randn((8, 128, 14, 14), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        y = net(x)["conv"]
+    w, b = net.params["conv"]
+    assert rel_err(y[:, :24], reference(x, w[:24].detach(), b[:24].detach(), 1)) < 1e-5
 
 
 def test_inference_tensor_weight():
