@@ -16,13 +16,21 @@ TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 # An in-place ReLU (top named as its bottom) overwrites its input, as Caffe does, only after these layers: their
 # backward does not read their output (Caffe saves the memory; here it also saves a pass over the blob). After any
 # other layer, or on a net input the caller owns, it writes a new tensor.
-_OVERWRITABLE = {"Convolution", "InnerProduct", "Concat", "BatchNorm", "Scale", "Bias"}
+_OVERWRITABLE = {"Convolution", "InnerProduct", "Concat", "BatchNorm", "Scale", "Bias", "Eltwise SUM"}
 _REDUCED = (torch.bfloat16, torch.float16)
 
 
 # Statistics over many values: in bfloat16 a sum of squares moves in steps of 2^-7 of itself, and BatchNorm's
 # moving average (fraction 0.999) would not move at all. LRN: a power of such a sum.
 _FLOAT32_TYPES = {"LRN", "BatchNorm", "MVN"}
+
+
+def _producer_kind(lp):
+    """The layer's type, and for Eltwise its operation: a sum's backward does not read its output (ResNet's
+    shortcut sums are followed by an in-place ReLU), a product's may."""
+    if lp.type == "Eltwise":
+        return "Eltwise " + caffe_pb2.EltwiseParameter.EltwiseOp.Name(lp.eltwise_param.operation)
+    return lp.type
 
 
 def _float32_layers(layer_params):
@@ -114,7 +122,7 @@ class Net(nn.Module):
             if lp.type == "ReLU" and list(lp.top) == list(lp.bottom) and producer.get(lp.bottom[0]) in _OVERWRITABLE:
                 layer.inplace = True
             producer.update(dict.fromkeys(lp.bottom))  # read: a later in-place ReLU must not change what it saw
-            producer.update(dict.fromkeys(lp.top, lp.type))
+            producer.update(dict.fromkeys(lp.top, _producer_kind(lp)))
             if len(layer.top_shapes) != len(lp.top):
                 raise CaffeCamError(f"layer '{lp.name}' ({lp.type}): has {len(lp.top)} tops, expects "
                                     f"{len(layer.top_shapes)}")

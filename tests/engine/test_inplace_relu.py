@@ -167,6 +167,11 @@ def test_relu_on_net_input_leaves_the_callers_tensor(header, requires_grad):
      True),
     ('layer { name: "mid" type: "Eltwise" bottom: "conv" bottom: "conv" top: "mid" eltwise_param { operation: PROD '
      'stable_prod_grad: false } }\n', False),
+    ('layer { name: "mid" type: "Eltwise" bottom: "conv" bottom: "conv" top: "mid" }\n', True),
+    ('layer { name: "mid" type: "Eltwise" bottom: "conv" bottom: "conv" bottom: "conv" top: "mid" '
+     'eltwise_param { coeff: 0.5 coeff: -1 coeff: 2 } }\n', True),
+    ('layer { name: "mid" type: "Eltwise" bottom: "conv" bottom: "conv" top: "mid" eltwise_param { operation: MAX '
+     '} }\n', False),
 ])
 def test_which_producers_allow_overwriting(middle, inplace):
     """ReLU in place on the top of `mid`, which reads conv: overwritten only after the _OVERWRITABLE types."""

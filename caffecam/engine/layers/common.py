@@ -66,6 +66,11 @@ class Eltwise(Layer):
             return [eltwise_prod(xs, self.stable_prod_grad)]
         if self.op == ep.MAX:
             return [eltwise_max(xs)]
+        if all(c == 1 for c in self.coeff):  # one pass, the same sum in float as Caffe's 0 + 1·x0 + 1·x1 …
+            out = xs[0] + xs[1]
+            for x in xs[2:]:
+                out.add_(x)
+            return [out]
         return [sum(c * x for c, x in zip(self.coeff, xs))]
 
 
