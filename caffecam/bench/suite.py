@@ -56,7 +56,7 @@ class Plan:
     report_entries: int = 10_000  # entries of the CAM report page (one image repeated)
     report_rounds: int = 3  # page loads; medians over them
     peak_scale: int = 1  # divides the peak convolutions' channels
-    peak_rounds: int = 3
+    peak_rounds: int = 5
     peer_train_batch: int = 32  # `caffe train` against train.py, same train_val, batch and JPEGs
     peer_train_warmup: int = 2  # iterations left out of the medians (start-up, first allocations)
     peer_train_steps: int = 4

@@ -107,9 +107,30 @@ def test_scale_factor_zero_reads_the_statistics_as_zero():
 
 def test_batchnorm_without_scale_folds_alone():
     net, x, v = small_net(scale=False)
-    assert fold_batchnorm(net) == 1 and net.fold.skipped == {1}
+    assert fold_batchnorm(net) == 1 and net.fold.skipped == {1, 2}  # the BatchNorm and the ReLU after it
     with torch.no_grad():
         assert max_rel(net(x)["c"], reference(x, v, scale=False)) < 1e-5
+
+
+@pytest.mark.parametrize("slope, fused", [(0, True), (0.1, False)])
+def test_a_relu_right_after_a_convolution_runs_inside_it(slope, fused):
+    text = f"""input: "data" input_shape {{ dim: 2 dim: 3 dim: 7 dim: 6 }}
+    layer {{ name: "conv" type: "Convolution" bottom: "data" top: "c"
+             convolution_param {{ num_output: 4 kernel_size: 3 pad: 1 }} }}
+    layer {{ name: "relu" type: "ReLU" bottom: "c" top: "c" relu_param {{ negative_slope: {slope} }} }}"""
+    net, x, v = small_net()
+    net2 = Net(text_format.Parse(text, caffe_pb2.NetParameter()), TEST)
+    with torch.no_grad():
+        net2.params["conv"][0].copy_(torch.tensor(v["w"], dtype=torch.float32))
+        net2.params["conv"][1].copy_(torch.tensor(v["b"], dtype=torch.float32))
+    assert fold_batchnorm(net2) == 0 and len(net2.fold) == int(fused)
+    with torch.no_grad():
+        y = net2(x)["c"]
+    no_bn = dict(v, mean=np.zeros(4), var=np.ones(4) - EPS, gamma=np.ones(4), beta=np.zeros(4))
+    ref = reference(x, no_bn)  # conv + bias, then max(·, 0)
+    if slope:
+        ref = ref + slope * np.minimum(reference(x, no_bn | {"w": -v["w"], "b": -v["b"]}) * -1, 0)
+    assert max_rel(y, ref) < 1e-5
 
 
 def test_convolution_output_read_elsewhere_does_not_fold():
