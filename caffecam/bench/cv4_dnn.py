@@ -2,17 +2,20 @@
 (.venv-cv4, requirements-bench-cv4.txt: opencv-python-headless 4, since the project itself uses OpenCV 5, which
 dropped readNetFromCaffe), as a subprocess. It imports nothing of caffecam.
 
-    python cv4_dnn.py PROTOTXT CAFFEMODEL INPUT.npy OUTPUT.npy [--blob prob] [--rounds 5] [--budget 30]
+    python cv4_dnn.py PROTOTXT CAFFEMODEL INPUT.npy OUTPUT.npy [--blob prob] [--rounds 5] [--budget 30] [--serve]
 
 Loads the net as a user would (cv2.dnn.readNetFromCaffe), feeds the N×C×H×W float32 input, writes the output
 blob of the first forward (for the bench to compare with ours before timing), then times forwards (median over
 rounds, at least one, no new round past the budget) and prints one JSON line: load_s, forward_s, images_per_s,
-threads, opencv version.
+threads, opencv version. With --serve it prints that line after the first forward instead (forward_s null), then
+runs one forward per line read from stdin and answers each with its seconds, until stdin closes: the bench
+interleaves these forwards with its own, round by round.
 """
 
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import cv2
@@ -28,6 +31,7 @@ def main():
     p.add_argument("--blob", default="", help="output blob (default: the net's last)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--budget", type=float, default=30.0, help="seconds the timed rounds may take")
+    p.add_argument("--serve", action="store_true", help="one forward per stdin line, its seconds on stdout")
     args = p.parse_args()
     start = time.perf_counter()
     net = cv2.dnn.readNetFromCaffe(args.prototxt, args.caffemodel)
@@ -43,6 +47,14 @@ def main():
     first = time.perf_counter()
     np.save(args.output, forward())
     first_s = time.perf_counter() - first
+    if args.serve:
+        print(json.dumps({"load_s": load_s, "first_forward_s": first_s, "forward_s": None, "images_per_s": None,
+                          "threads": cv2.getNumThreads(), "opencv": cv2.__version__}), flush=True)
+        for _ in sys.stdin:
+            t = time.perf_counter()
+            forward()
+            print(time.perf_counter() - t, flush=True)
+        return
     times, begin = [], time.perf_counter()
     for _ in range(max(1, args.rounds)):
         t = time.perf_counter()

@@ -97,16 +97,42 @@ def ours_train_speed(solver, cwd, warmup, bf16=False, timeout=1800):
     return iteration_speed(text, warmup)
 
 
-def cv4_forward(python, prototxt, weights, x, blob, work, rounds, budget_s, timeout=900):
-    """OpenCV 4 DNN on the same files -> (its figures, the output blob of its first forward)."""
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    np.save(work / "cv4_input.npy", np.ascontiguousarray(x, np.float32))
-    cmd = [python, CV4_SCRIPT, prototxt, weights, work / "cv4_input.npy", work / "cv4_output.npy", "--blob", blob,
-           "--rounds", rounds, "--budget", budget_s]
-    text = _run(cmd, work, timeout, "OpenCV 4 DNN", dict(os.environ, PYTHONPATH=""))
-    figures = json.loads(text.strip().splitlines()[-1])
-    return figures, np.load(work / "cv4_output.npy")
+class Cv4Server:
+    """OpenCV 4 DNN kept running (cv4_dnn.py --serve) so that its forwards interleave with ours: `figures` and
+    `output` after start, then each call runs one forward there and returns once it is done."""
+
+    def __init__(self, python, prototxt, weights, x, blob, work, timeout=900):
+        work = Path(work)
+        work.mkdir(parents=True, exist_ok=True)
+        np.save(work / "cv4_input.npy", np.ascontiguousarray(x, np.float32))
+        cmd = [str(c) for c in (python, CV4_SCRIPT, prototxt, weights, work / "cv4_input.npy",
+                                work / "cv4_output.npy", "--blob", blob, "--serve")]
+        self.proc = subprocess.Popen(cmd, cwd=work, env=dict(os.environ, PYTHONPATH=""), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.figures = json.loads(self._answer("OpenCV 4 DNN failed to load the net"))
+        self.output = np.load(work / "cv4_output.npy")
+
+    def _answer(self, what):
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            last = (self.proc.stderr.read().strip().splitlines() or ["no message"])[-1]
+            raise PeerError(f"{what} (exit {self.proc.returncode}): {last[:300]}")
+        return line
+
+    def __call__(self):
+        self.proc.stdin.write("forward\n")
+        self.proc.stdin.flush()
+        return float(self._answer("OpenCV 4 DNN stopped"))
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def max_rel_diff(a, b):

@@ -79,10 +79,31 @@ def training(work, spec, list_path, root, resize, batch, warmup, steps, peak, no
     return out
 
 
+def _start_cv4(case, ours, out, notes):
+    """OpenCV 4 DNN on the case's files, kept running, when its output agrees with ours; else None (noted)."""
+    python, why = peers.cv4_python()
+    if why:
+        notes.append(why)
+        return None
+    try:
+        server = peers.Cv4Server(python, case.prototxt, case.weights, case.input, case.out_blob, case.prototxt.parent)
+    except peers.PeerError as exc:
+        notes.append(f"OpenCV 4 DNN on {case.name}: {exc}")
+        return None
+    out["cv4_max_rel_diff"] = peers.max_rel_diff(server.output, ours)
+    out["cv4_load_s"], out["opencv"] = server.figures["load_s"], server.figures["opencv"]
+    if out["cv4_max_rel_diff"] <= AGREE:
+        return server
+    notes.append(f"OpenCV 4 DNN on {case.name}: its output differs from ours by {out['cv4_max_rel_diff']:.1e} "
+                 f"(more than {AGREE:g}), so its speed is not reported")
+    server.close()
+    return None
+
+
 def deploy(case, rounds, budget_s, caffe_iterations, peak, notes, unfolded=True):
-    """One zoo.DeployCase: our forward (fp32; bf16 where native; unfolded BatchNorm for comparison) timed
-    interleaved, then OpenCV 4 DNN (after its output agrees with ours) and `caffe time` -> images/s, ratios and
-    fractions of the peak."""
+    """One zoo.DeployCase: our forward (fp32; bf16 where native; BatchNorm unfolded for comparison) and OpenCV 4
+    DNN's (a process kept running, after its output agrees with ours) timed interleaved round by round, then
+    `caffe time` -> images/s, ratios and fractions of the peak."""
     net, batch = case.net, len(case.input)
     x = torch.from_numpy(case.input).contiguous(memory_format=torch.channels_last)
     plan = net.fold
@@ -95,37 +116,32 @@ def deploy(case, rounds, budget_s, caffe_iterations, peak, notes, unfolded=True)
         finally:
             net.fold = plan
 
+    out = {"net": case.name, "batch": batch, "flops_per_image": case.flops_per_image,
+           "batch_norms_folded": case.batch_norms, "cv4_images_per_s": None, "cv4_max_rel_diff": None,
+           "cv4_load_s": None, "caffe_images_per_s": None}
     calls = {"fp32": forward}
     if precision.cpu_bf16_support():
         calls["bf16"] = lambda: forward(bf16=True)
     if unfolded and case.batch_norms:
         calls["fp32_unfolded"] = lambda: forward(fold=False)
-    ours = forward().numpy()
-    times = interleaved(calls, rounds, budget_s)
-    out = {"net": case.name, "batch": batch, "flops_per_image": case.flops_per_image,
-           "batch_norms_folded": case.batch_norms}
+    server = _start_cv4(case, forward().numpy(), out, notes)
+    try:
+        if server is not None:
+            calls["cv4"] = server
+        times = interleaved(calls, rounds, budget_s)
+    except peers.PeerError as exc:
+        notes.append(f"OpenCV 4 DNN on {case.name}: {exc}")
+        calls.pop("cv4")
+        times = interleaved(calls, rounds, budget_s)
+    finally:
+        if server is not None:
+            server.close()
     for key in ("fp32", "bf16", "fp32_unfolded"):
         out[f"ours_{key}_images_per_s"] = batch / times[key] if key in times else None
     out["fold_speedup"] = ratio(out["ours_fp32_images_per_s"], out["ours_fp32_unfolded_images_per_s"])
-    out.update(cv4_images_per_s=None, cv4_max_rel_diff=None, cv4_load_s=None, caffe_images_per_s=None)
-    python, why = peers.cv4_python()
-    if why:
-        notes.append(why)
-    else:
-        got = _measure(f"OpenCV 4 DNN on {case.name}", lambda: peers.cv4_forward(
-            python, case.prototxt, case.weights, case.input, case.out_blob, case.prototxt.parent, rounds, budget_s),
-            notes)
-        if got is not None:
-            figures, theirs = got
-            out["cv4_max_rel_diff"], out["cv4_load_s"] = peers.max_rel_diff(theirs, ours), figures["load_s"]
-            out["opencv"] = figures["opencv"]
-            if out["cv4_max_rel_diff"] <= AGREE:
-                out["cv4_images_per_s"] = figures["images_per_s"]
-            else:
-                notes.append(f"OpenCV 4 DNN on {case.name}: its output differs from ours by "
-                             f"{out['cv4_max_rel_diff']:.1e} (more than {AGREE:g}), so its speed is not reported")
+    out["cv4_images_per_s"] = batch / times["cv4"] if "cv4" in times else None
     tool, why = peers.caffe_tool()
-    if tool:
+    if tool:  # alone, after the interleaved rounds: Caffe's own tool and timer
         seconds = _measure(f"caffe time on {case.name}", lambda: peers.caffe_forward_s(
             tool, case.prototxt, case.weights, caffe_iterations, case.prototxt.parent), notes)
         out["caffe_images_per_s"] = batch / seconds if seconds else None

@@ -23,16 +23,17 @@ case "$1" in
   *) echo "F1130 04:00:00.000000  1 caffe.cpp:100] Check failed: unknown action" >&2; exit 1 ;;
 esac
 """
-# stands in for .venv-cv4's Python: runs the real script's interface, answers zeros
+# stands in for .venv-cv4's Python running cv4_dnn.py --serve: answers zeros
 FAKE_CV4 = """import json, sys
 import numpy as np
 prototxt, weights, inp, out = sys.argv[1:5]
 x = np.load(inp)
 np.save(out, np.zeros((len(x), 10), np.float32))
-print(json.dumps({"load_s": 0.01, "first_forward_s": 0.1, "forward_s": 0.1, "images_per_s": len(x) / 0.1,
-                  "rounds": 1, "threads": 1, "opencv": "4.fake"}))
+print(json.dumps({"load_s": 0.01, "first_forward_s": 0.1, "forward_s": None, "images_per_s": None, "threads": 1,
+                  "opencv": "4.fake"}), flush=True)
+for _ in sys.stdin:
+    print(0.1, flush=True)
 """
-
 
 def executable(path, text):
     path.write_text(text)
@@ -112,3 +113,12 @@ def test_seeded_weights_let_each_batchnorm_normalize_what_it_sees():
     for name, y in seen.items():  # eps 1e-5 against variances of order 1e2..1e4: mean 0, variance 1 per channel
         assert y.mean((0, 2, 3)).abs().max() < 1e-3, name
         assert (y.var((0, 2, 3)) - 1).abs().max() < 1e-2, name
+
+
+def test_an_agreeing_opencv_runs_interleaved_with_ours(fake_peers, monkeypatch):
+    monkeypatch.setattr(side_by_side, "AGREE", 2.0)  # the fake's zeros now count as agreeing
+    case = zoo.tiny_resnet_case(2, fake_peers / "zoo")
+    notes = []
+    out = side_by_side.deploy(case, rounds=2, budget_s=5, caffe_iterations=2, peak={}, notes=notes)
+    assert out["cv4_images_per_s"] > 0 and out["opencv"] == "4.fake" and not notes
+    assert out["fp32_vs_cv4"] == pytest.approx(out["ours_fp32_images_per_s"] / out["cv4_images_per_s"])
