@@ -34,6 +34,8 @@ class FoldedConv:
     batch_norm: int | None
     scale: int | None
     relu: int | None
+    add: int | None  # an Eltwise sum of this group's output and the blob `other`, done inside the convolution
+    other: str | None
     top: str  # the blob the group's last layer writes
     inner_layers: tuple  # layers from the convolution up to (not incl.) the group's last: a forward stopping there
     # would need blobs the folded group does not write
@@ -47,7 +49,7 @@ class FoldPlan:
 
     def __init__(self, groups):
         self.groups = {g.conv: g for g in groups}
-        self.skipped = {i for g in groups for i in (g.batch_norm, g.scale, g.relu) if i is not None}
+        self.skipped = {i for g in groups for i in (g.batch_norm, g.scale, g.add, g.relu) if i is not None}
         self.inner_layers = {name for g in groups for name in g.inner_layers}
 
     def __len__(self):
@@ -56,14 +58,16 @@ class FoldPlan:
     def applies(self, end):
         return bool(self.groups) and not torch.is_grad_enabled() and end not in self.inner_layers
 
-    def forward(self, net, index, x):
-        """The folded group starting at layer `index` on its input x -> (blob name, tensor)."""
+    def forward(self, net, index, blobs):
+        """The folded group starting at layer `index`, reading `blobs` -> (blob name, tensor)."""
         g, conv = self.groups[index], net.layers[index]
+        x = blobs[net.layer_params[index].bottom[0]]
         if g.batch_norm is not None:
             weight, bias = self._folded(net, g)
         else:
             weight, bias = conv.blobs[0], conv.blobs[1] if conv.bias_term else None
-        return g.top, conv.convolve(x, weight, bias, relu=g.relu is not None)
+        add = blobs[g.other] if g.add is not None else None
+        return g.top, conv.convolve(x, weight, bias, relu=g.relu is not None, add=add)
 
     def _folded(self, net, g):
         blobs = [b for i in (g.conv, g.batch_norm, g.scale) if i is not None for b in net.layers[i].blobs]
@@ -138,6 +142,19 @@ def _follower(net, index, keep, accepts):
     return nxt
 
 
+def _sum_ready_at(net, j, mine, start):
+    """Whether layer j is an Eltwise of unit coefficients summing `mine` and one other blob whose value is final
+    before layer `start` (where the group runs): written earlier, untouched until j, not the sum's own top."""
+    lp = net.layer_params[j]
+    p = lp.eltwise_param
+    if lp.type != "Eltwise" or p.operation != p.SUM or any(c != 1 for c in p.coeff) or len(lp.bottom) != 2:
+        return False
+    others = [b for b in lp.bottom if b != mine]
+    if len(others) != 1 or lp.top[0] == others[0] or net.blob_shapes[others[0]] != net.blob_shapes[mine]:
+        return False
+    return not any(others[0] in q.top for q in net.layer_params[start:j])
+
+
 def plan_folds(net, keep=()):
     """The FoldPlan of a TEST-phase Net: every Convolution → BatchNorm (→ Scale) (→ ReLU) chain, and Convolution →
     ReLU, that can fold (module docstring); `keep`: blobs the caller reads from the forward's result, which must keep
@@ -162,14 +179,17 @@ def plan_folds(net, keep=()):
         bn = _follower(net, i, keep, is_bn)
         scale = _follower(net, bn, keep, is_scale) if bn is not None else None
         last = next(m for m in (scale, bn, i) if m is not None)
-        relu = _follower(net, last, keep, is_relu)
-        members = [m for m in (i, bn, scale, relu) if m is not None]
+        add = _follower(net, last, keep, lambda j, last=last, i=i: _sum_ready_at(net, j, lps[last].top[0], i))
+        other = next(b for b in lps[add].bottom if b != lps[last].top[0]) if add is not None else None
+        relu = _follower(net, add if add is not None else last, keep, is_relu)
+        members = [m for m in (i, bn, scale, add, relu) if m is not None]
         if len(members) == 1:
             continue
         if any(m in net._float32 and lps[m].type != "BatchNorm" for m in members):
             continue  # a layer writing scores a Softmax or loss reads: float32 under autocast (Net._float32)
         last = members[-1]
-        groups.append(FoldedConv(i, bn, scale, relu, lps[last].top[0], tuple(p.name for p in lps[i:last])))
+        groups.append(FoldedConv(i, bn, scale, relu, add, other, lps[last].top[0],
+                                 tuple(p.name for p in lps[i:last])))
     return FoldPlan(groups)
 
 

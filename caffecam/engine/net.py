@@ -257,7 +257,7 @@ class Net(nn.Module):
         for i, (lp, layer) in enumerate(zip(self.layer_params, self.layers)):
             if fold is not None and (i in fold.groups or i in fold.skipped):
                 if i in fold.groups:  # the Convolution of a folded group writes the group's output (engine/fold.py)
-                    top, value = fold.forward(self, i, blobs[lp.bottom[0]])
+                    top, value = fold.forward(self, i, blobs)
                     blobs[top] = value
                 if end is not None and lp.name == end:
                     break

@@ -59,7 +59,7 @@ def reference(x, v, bias_term=True, scale=True, bn_factor=0.7):
     """The unfolded layers in float64: convolution, Caffe's BatchNorm (statistics = sums / factor), Scale, ReLU."""
     x = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
     n, _, h, w = x.shape
-    out = np.zeros((n, 4, h - 2, w - 2))
+    out = np.zeros((n, v["w"].shape[0], h - 2, w - 2))
     for i in range(3):
         for j in range(3):
             out += np.einsum("nchw,kc->nkhw", x[:, :, i:i + h - 2, j:j + w - 2], v["w"][:, :, i, j])
@@ -235,3 +235,33 @@ def test_cam_and_extract_features_fold_but_keep_the_blobs_they_read():
     got, _ = extract(net, "data", [(["a", "b"], x.numpy())], ["b"], progress=False)
     assert len(net.fold) == 1 and net.fold.skipped == {1}  # "b" asked for: the BatchNorm folds, the Scale runs
     assert max_rel(torch.from_numpy(got["b"]).clamp_min(0), reference(x, v, scale=False)) < 1e-5
+
+
+RESIDUAL = """input: "data" input_shape { dim: 2 dim: 4 dim: 7 dim: 6 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "branch"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "bn" type: "BatchNorm" bottom: "branch" top: "branch" batch_norm_param { eps: 0.001 } }
+layer { name: "scale" type: "Scale" bottom: "branch" top: "branch" scale_param { bias_term: true } }
+layer { name: "sum" type: "Eltwise" bottom: "data" bottom: "branch" top: "sum" }
+layer { name: "relu" type: "ReLU" bottom: "sum" top: "sum" }
+"""
+
+
+@pytest.mark.parametrize("keep, skipped", [((), {1, 2, 3, 4}), ({"branch"}, {1, 2})])
+def test_a_residual_sum_and_its_relu_run_inside_the_convolution(keep, skipped):
+    """ResNet's block end: conv → BatchNorm → Scale, + the shortcut (Eltwise SUM), ReLU; NumPy reference."""
+    net = Net(text_format.Parse(RESIDUAL, caffe_pb2.NetParameter()), TEST)
+    rng = np.random.default_rng(9)
+    v = {"w": rng.normal(0, 0.3, (4, 4, 3, 3)), "b": rng.normal(0, 1, 4), "mean": rng.normal(0, 2, 4),
+         "var": rng.uniform(0.2, 3, 4), "gamma": rng.uniform(0.5, 2, 4), "beta": rng.normal(0, 1, 4)}
+    with torch.no_grad():
+        for blob, a in zip(net.params["conv"] + net.params["bn"] + net.params["scale"],
+                           [v["w"], v["b"], v["mean"] * 0.7, v["var"] * 0.7, [0.7], v["gamma"], v["beta"]]):
+            blob.copy_(torch.tensor(np.asarray(a), dtype=torch.float32).reshape(blob.shape))
+    x = torch.tensor(rng.normal(0, 3, (2, 4, 7, 6)), dtype=torch.float32)
+    assert fold_batchnorm(net, keep=keep) == 1 and net.fold.skipped == skipped
+    with torch.no_grad():
+        y = net(x)["sum"]
+    # reference() ends in a ReLU: undo it by the identity relu(a) − relu(−a) = a on the block's branch
+    branch = reference(x, v) - reference(x, dict(v, w=-v["w"], b=-v["b"], mean=-v["mean"], beta=-v["beta"]))
+    assert max_rel(y, np.maximum(x.double().numpy() + branch, 0)) < 1e-5

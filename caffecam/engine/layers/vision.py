@@ -97,28 +97,36 @@ class Convolution(ConvGeometry):
     def forward(self, x):
         return [self.convolve(x, self.blobs[0], self.blobs[1] if self.bias_term else None)]
 
-    def convolve(self, x, weight, bias, relu=False):
-        """This layer's convolution with the given weight and bias (engine/fold.py passes folded ones), followed by
-        max(·, 0) with `relu` (oneDNN's post-op on the CPU in float32: no second pass over the output).
+    def convolve(self, x, weight, bias, relu=False, add=None):
+        """This layer's convolution with the given weight and bias (engine/fold.py passes folded ones), plus the
+        tensor `add` (an Eltwise sum), then max(·, 0) with `relu`: oneDNN's post-ops on the CPU in float32, no
+        further pass over the output (the same floats: conv + add is add + conv, and max(·, 0) is exact).
 
         Winograd only where a gradient is recorded (training): a forward alone runs faster as oneDNN's direct
         convolution on this CPU (`make bench`, batch 16, interleaved: GoogLeNet-CAM ×1.6, ResNet-50 ×1.7)."""
         if (self.winograd_allowed and torch.is_grad_enabled()
                 and winograd.suits(x, weight, self.stride, self.pad, self.dilation, self.group)):
-            y = winograd.conv3x3(x, weight, bias, self.group)
-            return F.relu_(y) if relu else y
-        if relu and self._fused_relu_runs(x, weight):
-            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(self.pad), list(self.stride),
-                                                           list(self.dilation), self.group, "relu", [], "")
+            return self._post(winograd.conv3x3(x, weight, bias, self.group), relu, add)
+        if (relu or add is not None) and self._fused_post_ops_run(x, weight, add):
+            geometry = list(self.pad), list(self.stride), list(self.dilation), self.group
+            if add is None:
+                return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, "relu", [], "")
+            return torch.ops.mkldnn._convolution_pointwise.binary(x, add, weight, bias, *geometry, "add", None,
+                                                                  "relu" if relu else None, [], "")
         conv = CONV[len(self.kernel)]
         y = conv(self.as_batch(x), weight, bias, self.stride, self.pad, self.dilation, self.group)
-        y = y.reshape(tuple(x.shape[:self.axis]) + tuple(y.shape[1:]))
+        return self._post(y.reshape(tuple(x.shape[:self.axis]) + tuple(y.shape[1:])), relu, add)
+
+    @staticmethod
+    def _post(y, relu, add):
+        if add is not None:
+            y = y.add_(add)
         return F.relu_(y) if relu else y
 
-    def _fused_relu_runs(self, x, weight):
+    def _fused_post_ops_run(self, x, weight, add):
         return (x.device.type == "cpu" and x.dim() == 4 and self.axis == 1 and not torch.is_grad_enabled()
                 and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-                and torch.backends.mkldnn.is_available())
+                and (add is None or add.dtype == torch.float32) and torch.backends.mkldnn.is_available())
 
 
 @register()
