@@ -58,8 +58,8 @@ class Plan:
     peak_scale: int = 1  # divides the peak convolutions' channels
     peak_rounds: int = 5
     peer_train_batch: int = 32  # `caffe train` against train.py, same train_val, batch and JPEGs
-    peer_train_warmup: int = 2  # iterations left out of the medians (start-up, first allocations)
-    peer_train_steps: int = 4
+    peer_train_warmup: int = 3  # iterations left out of the medians (start-up, first allocations)
+    peer_train_steps: int = 5
     zoo_nets: tuple = ("resnet50", "googlenet_cam")  # deploy nets against OpenCV 4 DNN and `caffe time`
     zoo_batch: int = 16
     zoo_rounds: int = 3
