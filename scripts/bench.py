@@ -48,7 +48,8 @@ def build_parser():
                     "  scaling   training and inference at batch 1, 8, 32; CAM end to end at 1, 16, 64 images\n"
                     "  and memory, pipeline, inference, cam (against torchcam), end_to_end, loader, report (the "
                     "CAM report page in Chromium).",
-        epilog="The full run takes about 20 minutes on a 2-core CPU. Peers: real Caffe when CAFFE_REF names a build "
+        epilog="The full run takes about 6 minutes on a quiet 2-core CPU. Peers: real Caffe when CAFFE_REF names a "
+               "build "
                "(source\n/work/caffe-ref/env.sh), else its ratios are n/a and a note says so; OpenCV 4 from .venv-cv4 "
                "(`make bench`\ncreates it from requirements-bench-cv4.txt). torchcam comes from requirements.txt; "
                "without Chromium\n(apt-get install chromium chromium-driver) the page's times are null.",

@@ -177,30 +177,35 @@ def report_text(r):
     return "\n".join(lines)
 
 
+PEER_NAMES = {"cv4": "OpenCV 4 DNN", "caffe": "real Caffe"}
+
+
 def goal_rows(r):
-    """(figure, measured ratio, goal) of every ratio with a goal, in the order of the issues' tables."""
+    """(figure, ours images/s, peer images/s, ratio, goal) of every ratio with a goal, in the issues' order."""
     rows = []
     s = r.get("train_vs_caffe")
     if s:
-        rows += [(f"training fp32, batch {s['batch']}, vs real Caffe", s["fp32_vs_caffe"], s["goal_fp32_vs_caffe"]),
-                 (f"training bf16, batch {s['batch']}, vs real Caffe fp32", s["bf16_vs_caffe_fp32"],
-                  s["goal_bf16_vs_caffe_fp32"])]
+        rows += [(f"training fp32, batch {s['batch']}, vs real Caffe", s["ours_fp32_images_per_s"],
+                  s["caffe_images_per_s"], s["fp32_vs_caffe"], s["goal_fp32_vs_caffe"]),
+                 (f"training bf16, batch {s['batch']}, vs real Caffe fp32", s["ours_bf16_images_per_s"],
+                  s["caffe_images_per_s"], s["bf16_vs_caffe_fp32"], s["goal_bf16_vs_caffe_fp32"])]
     for name, d in r.get("zoo", {}).items():
         for key, goal in d.items():
             if key.startswith("goal_"):
-                what = key[5:]
-                rows.append((f"{name} inference {what.replace('_vs_', ', batch ' + str(d['batch']) + ', vs ')}",
-                             d[what], goal))
+                precision, peer = key[5:].split("_vs_")
+                rows.append((f"{name} inference {precision}, batch {d['batch']}, vs {PEER_NAMES[peer]}",
+                             d[f"ours_{precision}_images_per_s"], d[f"{peer}_images_per_s"], d[key[5:]], goal))
     if "cam_end_to_end" in r:
-        rows.append(("CAM end to end vs a plain torchcam pipeline", r["cam_end_to_end"]["speedup"],
-                     r["cam_end_to_end"]["goal_speedup"]))
+        e = r["cam_end_to_end"]
+        rows.append((f"CAM end to end ({e['images']} JPEGs) vs a plain torchcam pipeline", e["run_cam_images_per_s"],
+                     e["torchcam_pipeline_images_per_s"], e["speedup"], e["goal_speedup"]))
     return rows
 
 
 def report_markdown(r):
     lines = ["# `make bench` report", "", f"Machine: {machine_line(r['environment'])}.", "",
-             "| figure | measured | goal |", "|---|---|---|"]
-    for what, value, goal in goal_rows(r):
-        lines.append(f"| {what} | ×{fmt(value, '', 2)} | ≥ ×{goal:g} |")
+             "| figure | ours, images/s | peer, images/s | ratio | goal |", "|---|---|---|---|---|"]
+    for what, ours, peer, value, goal in goal_rows(r):
+        lines.append(f"| {what} | {fmt(ours, '', 2)} | {fmt(peer, '', 2)} | ×{fmt(value, '', 2)} | ≥ ×{goal:g} |")
     lines += ["", "```", report_text(r), "```", ""]
     return "\n".join(lines)
