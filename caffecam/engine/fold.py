@@ -1,13 +1,15 @@
-"""BatchNorm (+ Scale) folded into the Convolution before it, and a ReLU after them fused into it, for inference.
+"""BatchNorm (+ Scale) folded into the Convolution before it, and a residual sum and ReLU fused into it, for
+inference.
 
 At TEST, Caffe's BatchNorm with global statistics is an affine map per channel c (batch_norm_layer.cpp):
     y = (x − μ_c) / sqrt(σ²_c + eps),   μ = blob0 / s,  σ² = blob1 / s,  s = blob2[0] (0 when s = 0),
 and a Scale after it (scale_layer.cpp, one value per channel) y = γ_c·x + β_c. Both follow a convolution
 x = W_c ∗ in + b_c, so the three are one convolution with
     W'_c = W_c · a_c,   b'_c = (b_c − μ_c) · a_c · γ_c + β_c,   a_c = γ_c / sqrt(σ²_c + eps)
-(b_c = 0 without bias_term). A ReLU (negative_slope 0) after the convolution or the folded group runs inside the
-convolution as oneDNN's post-op (exactly max(y, 0)). This saves passes over every such activation (ResNet-50: 53
-BatchNorms and 33 ReLUs; GoogLeNet: every convolution's ReLU).
+(b_c = 0 without bias_term). An Eltwise sum of the group's output with a blob already computed (ResNet's shortcut,
+unit coefficients) and a ReLU (negative_slope 0) after the convolution, the folded group or that sum run inside the
+convolution as oneDNN's post-ops (the same floats: a + b is b + a, max(y, 0) is exact). This saves passes over
+every such activation (ResNet-50: 53 BatchNorms, 16 sums, 49 ReLUs; GoogLeNet: every convolution's ReLU).
 
 The net's parameters are never changed: a Net with a FoldPlan (Net.fold) computes W', b' from its current blobs
 (again whenever a blob is replaced, moved or written, e.g. by copy_weights or load_state_dict) and uses them only
