@@ -265,3 +265,15 @@ def test_a_residual_sum_and_its_relu_run_inside_the_convolution(keep, skipped):
     # reference() ends in a ReLU: undo it by the identity relu(a) − relu(−a) = a on the block's branch
     branch = reference(x, v) - reference(x, dict(v, w=-v["w"], b=-v["b"], mean=-v["mean"], beta=-v["beta"]))
     assert max_rel(y, np.maximum(x.double().numpy() + branch, 0)) < 1e-5
+
+
+def test_folded_groups_under_bfloat16_autocast():
+    # autocast runs the convolution in bfloat16, then the sum and ReLU outside oneDNN: bfloat16's rounding only
+    net = Net(text_format.Parse(RESIDUAL, caffe_pb2.NetParameter()), TEST)
+    x = torch.randn((2, 4, 7, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expect = net(x)["sum"].double().numpy()
+    assert fold_batchnorm(net) == 1
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        y = net(x)["sum"]
+    assert max_rel(y.float(), expect) < 2e-2
