@@ -20,7 +20,7 @@ from caffecam.cam.features import (
     save_features,
 )
 from caffecam.data.images import collect_inputs
-from caffecam.data.net_input import NetInput, add_input_args, input_options
+from caffecam.data.net_input import NetInput, add_input_args, input_options, load_npy
 from caffecam.engine import precision
 from caffecam.engine.net import TEST, Net
 from caffecam.engine.prototxt import read_net
@@ -61,12 +61,7 @@ def build_parser():
 
 
 def load_array(path):
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise CaffeCamError(f"--input {path}: file not found") from None
-    except (OSError, ValueError) as exc:
-        raise CaffeCamError(f"--input {path}: not a .npy array ({exc})") from None
+    array = load_npy(path, "--input")
     if not isinstance(array, np.ndarray) or array.ndim != 4 or array.dtype.kind != "f" or not len(array):
         raise CaffeCamError(f"--input {path}: needs an N×C×H×W float array, got "
                             f"{getattr(array, 'shape', '?')} {getattr(array, 'dtype', '')}")

@@ -95,15 +95,20 @@ def add_input_args(p, mean_default=DEFAULT_MEAN):
                         "RGB frameworks)")
 
 
+def load_npy(path, option):
+    """A .npy array a user names with `option`, read without unpickling (an object array is refused)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise CaffeCamError(f"{option} {path}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise CaffeCamError(f"{option} {path}: not a .npy array ({exc})") from None
+
+
 def read_mean_file(path):
     """A mean image, C×H×W float32: Caffe's mean.binaryproto, or pycaffe's .npy (e.g. ilsvrc_2012_mean.npy)."""
     if str(path).lower().endswith(".npy"):
-        try:
-            mean = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise CaffeCamError(f"--mean-file {path}: file not found") from None
-        except (OSError, ValueError) as exc:
-            raise CaffeCamError(f"--mean-file {path}: not a .npy array ({exc})") from None
+        mean = load_npy(path, "--mean-file")
         if mean.ndim != 3 or mean.dtype.kind not in "fiu":
             raise CaffeCamError(f"--mean-file {path}: needs a C×H×W array of numbers, got {mean.shape} {mean.dtype}")
         return mean.astype(np.float32)
