@@ -575,6 +575,24 @@ layer { name: "fc" type: "InnerProduct" bottom: "cat" top: "fc" inner_product_pa
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
 """)
 
+# A net fed by DummyData alone (no feed: constant fillers, which Caffe fills once), through MAX pooling with its mask
+# top: the spatially constant maps tie in every window, so the gradient goes to each window's first cell.
+TRAINING["dummy_data_mask"] = dict(
+    inputs={}, label_kinds={}, iters=8,
+    solver='base_lr: 0.05 momentum: 0.9 weight_decay: 0.005 lr_policy: "fixed"',
+    net="""
+layer { name: "data" type: "DummyData" top: "data" top: "label" dummy_data_param { shape { dim: 3 dim: 2 dim: 6
+  dim: 6 } shape { dim: 3 } data_filler { type: "constant" value: 0.5 } data_filler { type: "constant" value: 2 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3
+  pad: 1 weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" top: "mask" pooling_param { pool: MAX kernel_size: 3
+  stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 3
+  weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+""")
+
 
 def record_training(caffe, name, spec):
     rng = rng_for("training", name)

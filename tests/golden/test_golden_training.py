@@ -45,8 +45,8 @@ def test_training_matches_caffe(run):
     sp = parse_text(str(rec["solver"]), caffe_pb2.SolverParameter)
     sp.net_param.CopyFrom(net_param)
     data = {k[len("data/"):]: v for k, v in rec.items() if k.startswith("data/")}
-    feed = ReplayFeed(data)
-    solver = Solver(sp, "solver.prototxt", "cpu", None, feeds=lambda *a: [feed], channels_last=False)
+    feeds = [ReplayFeed(data)] if data else []  # none for a net fed by DummyData
+    solver = Solver(sp, "solver.prototxt", "cpu", None, feeds=lambda *a: feeds, channels_last=False)
     layers = [str(name) for name in rec["layers"]]
     assert list(solver.net.params) == layers
     with torch.no_grad():
