@@ -40,19 +40,30 @@ def pool_plan(hw, kernel, stride, pad, ceil):
     return out, out == torch_out and all(2 * pd <= k for pd, k in zip(pad, kernel))
 
 
-def explicit_pool(x, out, kernel, stride, pad, is_max):
-    """Caffe's pooling where PyTorch's sizes differ: pad by hand to cover every window Caffe computes."""
+def _pad_to_windows(x, out, kernel, stride, pad, value=0.0):
+    """x padded by `pad` before and enough after for every one of Caffe's `out` windows to lie inside."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
     h, w = x.shape[-2:]
     extra_h = max(0, (out[0] - 1) * sh + kh - h - ph)
     extra_w = max(0, (out[1] - 1) * sw + kw - w - pw)
+    return F.pad(x, (pw, extra_w, ph, extra_h), value=value)
+
+
+def _lowest(dtype):
+    # Caffe starts each max at −FLT_MAX: a window lying wholly past the edge (kernel < stride) yields that.
+    # bfloat16 rounds −FLT_MAX to −inf: there the lowest finite value of the type stands in for it.
+    return -min(_FLT_MAX, torch.finfo(dtype).max)
+
+
+def explicit_pool(x, out, kernel, stride, pad, is_max):
+    """Caffe's pooling where PyTorch's sizes differ: pad by hand to cover every window Caffe computes."""
     if is_max:
-        # Caffe starts each max at −FLT_MAX: a window lying wholly past the edge (kernel < stride) yields that.
-        # bfloat16 rounds −FLT_MAX to −inf: there the lowest finite value of the type stands in for it.
-        xp = F.pad(x, (pw, extra_w, ph, extra_h), value=-min(_FLT_MAX, torch.finfo(x.dtype).max))
-        return F.max_pool2d(xp, kernel, stride)[..., : out[0], : out[1]]
-    xp = F.pad(x, (pw, extra_w, ph, extra_h))
-    sums = F.avg_pool2d(xp, kernel, stride, divisor_override=1)[..., : out[0], : out[1]]
+        return F.max_pool2d(_pad_to_windows(x, out, kernel, stride, pad, _lowest(x.dtype)), kernel,
+                            stride)[..., : out[0], : out[1]]
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    h, w = x.shape[-2:]
+    sums = F.avg_pool2d(_pad_to_windows(x, out, kernel, stride, pad), kernel, stride,
+                        divisor_override=1)[..., : out[0], : out[1]]
 
     # AVE divisor: the window clipped to the padded extent [−p, H + p).
     def counts(n, k, s, p, size):
@@ -83,14 +94,11 @@ def caffe_max_pool_with_mask(x, kernel, stride, pad, ceil):
     if fast:
         top, idx = F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil, return_indices=True)
         return top, idx.to(torch.float32)
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
-    extra_h = max(0, (out[0] - 1) * sh + kh - h - ph)
-    extra_w = max(0, (out[1] - 1) * sw + kw - w - pw)
-    xp = F.pad(x, (pw, extra_w, ph, extra_h), value=-min(_FLT_MAX, torch.finfo(x.dtype).max))
+    xp = _pad_to_windows(x, out, kernel, stride, pad, _lowest(x.dtype))
     top, idx = F.max_pool2d(xp, kernel, stride, return_indices=True)
     top, idx = top[..., : out[0], : out[1]], idx[..., : out[0], : out[1]]
     # indices into the padded plane, back to the input's; a maximum in the padding is Caffe's untouched −1
-    wp = w + pw + extra_w
-    row, col = idx // wp - ph, idx % wp - pw
+    wp = xp.shape[-1]
+    row, col = idx // wp - pad[0], idx % wp - pad[1]
     inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
     return top, torch.where(inside, row * w + col, -1).to(torch.float32)
