@@ -71,6 +71,29 @@ def pool2d(x, kernel, stride, pad, mode="MAX", ceil=True):
     return out
 
 
+def max_pool_with_mask(x, kernel, stride, pad, ceil=True):
+    """pooling_layer.cpp's MAX forward, loop for loop: each window clipped to the input, its max starting at
+    −FLT_MAX and replaced only by a strictly larger value (so the first maximum in scan order wins and NaN never
+    does); the mask is the winner's flat index h·W + w in its plane, −1 when nothing won. Keeps x's dtype."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    padded = ph > 0 or pw > 0
+    oh, ow = pool_out(h, kh, sh, ph, ceil, padded), pool_out(w, kw, sw, pw, ceil, padded)
+    top = np.full((n, c, oh, ow), -FLT_MAX, dtype=x.dtype)
+    mask = np.full((n, c, oh, ow), -1, dtype=np.int64)
+    for i in range(oh):
+        for j in range(ow):
+            hs, ws = i * sh - ph, j * sw - pw
+            he, we = min(hs + kh, h), min(ws + kw, w)
+            for r in range(max(hs, 0), he):
+                for q in range(max(ws, 0), we):
+                    v = x[:, :, r, q]
+                    take = v > top[:, :, i, j]
+                    top[:, :, i, j] = np.where(take, v, top[:, :, i, j])
+                    mask[:, :, i, j] = np.where(take, r * w + q, mask[:, :, i, j])
+    return top, mask
+
+
 def lrn_across(x, size, alpha, beta, k):
     """y = x · (k + alpha/size · Σ x² over the `size` channels centred on c, zero beyond the edges)^(−beta)."""
     n, c = x.shape[:2]

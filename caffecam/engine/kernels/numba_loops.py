@@ -1,0 +1,140 @@
+"""The numba loops behind cpu_loops.py (imported only there, so that numba loads when a layer first needs it).
+
+Arrays are (pixels × channels) float32 views of channels_last tensors. Each parallel task takes a block of pixels;
+within a pixel the channel loops are written with the window offset outside and the channel inside, so that they
+vectorize. Every scalar is a float32, so the arithmetic stays in float32 as in the PyTorch path.
+"""
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+BLOCK = 256  # pixels per parallel task
+_F32 = np.float32
+
+
+def set_threads(n):
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+@njit(inline="always")
+def _negative_power(s, beta, out):
+    """out[c] = s[c]^(−beta); for beta = 0.75 as 1/sqrt(s·sqrt(s)), the PyTorch path's rsqrt(s·√s). The branch
+    stays outside the loops: a branch inside one keeps it from vectorizing."""
+    if beta == _F32(0.75):
+        for c in range(out.shape[0]):
+            out[c] = _F32(1) / np.sqrt(s[c] * np.sqrt(s[c]))
+    else:
+        for c in range(out.shape[0]):
+            out[c] = s[c] ** -beta
+
+
+@njit(inline="always")
+def _window_sum(padded, size, out):
+    """out[c] = Σ_{j<size} padded[c + j]: the sum over the channels within size // 2 of c (padded holds zeros
+    beyond the edges), added in the order of the PyTorch path's shifted slices."""
+    channels = out.shape[0]
+    for c in range(channels):
+        out[c] = padded[c]
+    for j in range(1, size):
+        for c in range(channels):
+            out[c] += padded[c + j]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _lrn_forward(x, size, alpha_n, k, beta, y, scale):
+    pixels, channels = x.shape
+    r = size // 2
+    for b in prange((pixels + BLOCK - 1) // BLOCK):
+        squares = np.zeros(channels + 2 * r, np.float32)
+        window = np.empty(channels, np.float32)
+        power = np.empty(channels, np.float32)
+        for p in range(b * BLOCK, min(pixels, (b + 1) * BLOCK)):
+            for c in range(channels):
+                squares[c + r] = x[p, c] * x[p, c]
+            _window_sum(squares, size, window)
+            for c in range(channels):
+                window[c] = window[c] * alpha_n + k
+                scale[p, c] = window[c]
+            _negative_power(window, beta, power)
+            for c in range(channels):
+                y[p, c] = x[p, c] * power[c]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _lrn_backward(x, scale, dy, size, beta, coeff, dx):
+    pixels, channels = x.shape
+    r = size // 2
+    for b in prange((pixels + BLOCK - 1) // BLOCK):
+        ratio = np.zeros(channels + 2 * r, np.float32)
+        power = np.empty(channels, np.float32)
+        window = np.empty(channels, np.float32)
+        for p in range(b * BLOCK, min(pixels, (b + 1) * BLOCK)):
+            _negative_power(scale[p], beta, power)
+            for c in range(channels):
+                ratio[c + r] = dy[p, c] * x[p, c] * power[c] / scale[p, c]  # dy · y / scale, y = x · power
+            _window_sum(ratio, size, window)
+            for c in range(channels):
+                dx[p, c] = dy[p, c] * power[c] + coeff * x[p, c] * window[c]
+
+
+def lrn_forward(x, size, alpha_n, k, beta, y, scale):
+    _lrn_forward(x, size, _F32(alpha_n), _F32(k), _F32(beta), y, scale)
+
+
+def lrn_backward(x, scale, dy, size, beta, coeff, dx):
+    _lrn_backward(x, scale, dy, size, _F32(beta), _F32(coeff), dx)
+
+
+_LOWEST = np.float32(-3.4028234663852886e38)  # Caffe starts every max at −FLT_MAX
+
+
+@njit(inline="always")
+def _window(o, stride, pad, kernel, size):
+    """pooling_layer.cpp's window [start, end) of output o along one axis, clipped to the input."""
+    start = o * stride - pad
+    return max(start, 0), min(start + kernel, size)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _max_pool(x, n, h, w, kh, kw, sh, sw, ph, pw, oh, ow, top, arg, want_arg):
+    """Caffe's MAX pooling: the first maximum in scan order wins (a strict >, so NaN never does); arg gets its flat
+    index y·W + x in the input plane, −1 for a window with no input (the top keeps −FLT_MAX there)."""
+    channels = x.shape[1]
+    for task in prange(n * oh):
+        image, r = task // oh, task % oh
+        h0, h1 = _window(r, sh, ph, kh, h)
+        best = np.empty(channels, np.float32)
+        where = np.empty(channels, np.int32)
+        for q in range(ow):
+            w0, w1 = _window(q, sw, pw, kw, w)
+            for c in range(channels):
+                best[c] = _LOWEST
+                where[c] = -1
+            for yy in range(h0, h1):
+                for xx in range(w0, w1):
+                    index = yy * w + xx
+                    row = image * h * w + index
+                    if want_arg:
+                        for c in range(channels):
+                            v = x[row, c]
+                            take = v > best[c]
+                            best[c] = v if take else best[c]
+                            where[c] = index if take else where[c]
+                    else:
+                        for c in range(channels):
+                            v = x[row, c]
+                            best[c] = v if v > best[c] else best[c]
+            o = (image * oh + r) * ow + q
+            for c in range(channels):
+                top[o, c] = best[c]
+            if want_arg:
+                for c in range(channels):
+                    arg[o, c] = where[c]
+
+
+def max_pool(x, n, h, w, kernel, stride, pad, out, top, arg):
+    want = arg is not None
+    _max_pool(x, n, h, w, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], out[0], out[1], top,
+              arg if want else np.empty((1, 1), np.int32), want)
+

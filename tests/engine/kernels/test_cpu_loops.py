@@ -1,0 +1,148 @@
+"""The compiled CPU loops (caffecam.engine.kernels.cpu_loops): MAX pooling at inference against pooling_layer.cpp
+written out in NumPy (values, Caffe's mask, ties, NaN, empty windows, bfloat16), cross-channel LRN forward and
+backward against the float64 reference and Caffe's closed-form gradient, and which tensors take them."""
+
+import numpy as np
+import pytest
+import torch
+
+from caffecam.engine.kernels import cpu_loops
+from caffecam.engine.kernels.lrn import lrn_across
+from caffecam.engine.kernels.pool_geometry import caffe_max_pool_with_mask, caffe_pool, pool_plan
+from tests import numpy_ref as ref
+from tests.engine.kernels.test_lrn import caffe_lrn_backward_np
+
+pytestmark = pytest.mark.skipif(cpu_loops._load() is False, reason="numba is not installed")
+
+CL = torch.channels_last
+
+GEOMETRIES = [  # input (h, w), kernel, stride, pad, ceil
+    ((112, 112), (3, 3), (2, 2), (0, 0), True),  # GoogLeNet's pool1
+    ((28, 28), (3, 3), (1, 1), (1, 1), True),  # an inception's pool
+    ((7, 7), (3, 3), (2, 2), (1, 1), True),
+    ((5, 6), (3, 3), (1, 1), (2, 2), True),  # pad beyond kernel / 2: PyTorch's own pooling cannot
+    ((7, 8), (2, 2), (3, 3), (1, 1), True),  # kernel < stride with pad
+    ((6, 7), (1, 1), (3, 3), (0, 0), True),  # a last window wholly past the edge
+    ((5, 7), (3, 2), (2, 3), (1, 1), True),
+    ((8, 7), (3, 3), (2, 2), (1, 1), False),
+    ((14, 14), (14, 14), (1, 1), (0, 0), True),  # global
+    ((5, 6), (3, 1), (2, 3), (1, 0), True),
+]
+
+
+def tied(shape, seed):
+    """float32 values from a set of five, so that most windows hold ties."""
+    return np.random.default_rng(seed).integers(-2, 3, shape).astype(np.float32)
+
+
+def channels_last(a):
+    return torch.from_numpy(np.ascontiguousarray(a)).contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("hw,kernel,stride,pad,ceil", GEOMETRIES)
+@pytest.mark.parametrize("channels", [1, 3, 70])
+def test_max_pool_matches_caffe_loop_for_loop(hw, kernel, stride, pad, ceil, channels):
+    x = tied((2, channels) + hw, seed=channels + hw[0])
+    top_ref, mask_ref = ref.max_pool_with_mask(x, kernel, stride, pad, ceil)
+    out = pool_plan(hw, kernel, stride, pad, ceil)[0]
+    t = channels_last(x)
+    assert cpu_loops.enabled(t)
+    top, index = cpu_loops.max_pool(t, kernel, stride, pad, out, with_index=True)
+    np.testing.assert_array_equal(top.numpy(), top_ref)
+    np.testing.assert_array_equal(index.numpy(), mask_ref)
+    # the layer's entry points take the loops at inference and give the same
+    with torch.no_grad():
+        np.testing.assert_array_equal(caffe_pool(t, kernel, stride, pad, ceil, True).numpy(), top_ref)
+        top2, mask = caffe_max_pool_with_mask(t, kernel, stride, pad, ceil)
+    np.testing.assert_array_equal(top2.numpy(), top_ref)
+    assert mask.dtype == torch.float32
+    np.testing.assert_array_equal(mask.numpy(), mask_ref.astype(np.float32))
+
+
+def test_max_pool_random_geometries():
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        h, w, kh, kw, sh, sw = (int(v) for v in rng.integers(1, [12, 12, 6, 6, 5, 5]))
+        ph, pw = int(rng.integers(0, kh)), int(rng.integers(0, kw))
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            continue
+        ceil = bool(rng.random() < 0.7)
+        x = tied((1, 5, h, w), seed=h * 100 + w)
+        top_ref, mask_ref = ref.max_pool_with_mask(x, (kh, kw), (sh, sw), (ph, pw), ceil)
+        out = pool_plan((h, w), (kh, kw), (sh, sw), (ph, pw), ceil)[0]
+        top, index = cpu_loops.max_pool(channels_last(x), (kh, kw), (sh, sw), (ph, pw), out, with_index=True)
+        np.testing.assert_array_equal(top.numpy(), top_ref)
+        np.testing.assert_array_equal(index.numpy(), mask_ref)
+
+
+def test_max_pool_hand_checked_ties_and_nan():
+    """One 3×3 window over a 3×3 plane: the first of the tied 5s wins (index 1); NaN is never taken (Caffe's
+    strict >), and a plane of NaN keeps −FLT_MAX with mask −1."""
+    plane = np.array([[1, 5, 5], [np.nan, 2, 5], [0, 5, 3]], np.float32)
+    x = np.stack([plane, np.full((3, 3), np.nan, np.float32)])[None]
+    top, index = cpu_loops.max_pool(channels_last(x), (3, 3), (1, 1), (0, 0), (1, 1), with_index=True)
+    assert top.flatten().tolist() == [5.0, -ref.FLT_MAX]
+    assert index.flatten().tolist() == [1, -1]
+
+
+def test_max_pool_bfloat16_is_the_rounded_float32_result():
+    x = np.random.default_rng(3).standard_normal((2, 20, 9, 9)).astype(np.float32)
+    xb = channels_last(x).to(torch.bfloat16)
+    top_ref, _ = ref.max_pool_with_mask(xb.float().numpy(), (3, 3), (2, 2), (0, 0))
+    top = cpu_loops.max_pool(xb, (3, 3), (2, 2), (0, 0), (4, 4))
+    assert top.dtype == torch.bfloat16
+    np.testing.assert_array_equal(top.float().numpy(), top_ref)
+
+
+def test_max_pool_with_a_gradient_keeps_pytorch_pooling():
+    x = channels_last(tied((1, 4, 6, 6), seed=1)).requires_grad_()
+    y = caffe_pool(x, (3, 3), (2, 2), (0, 0), True, True)
+    assert y.grad_fn is not None and "MaxPool2DWithIndices" in type(y.grad_fn).__name__
+
+
+@pytest.mark.parametrize("channels,size,alpha,beta,k", [(200, 5, 1e-4, 0.75, 1.0), (64, 5, 0.8, 0.75, 2.0),
+                                                       (9, 3, 0.3, 0.5, 1.5), (5, 7, 0.9, 0.75, 0.5),
+                                                       (3, 1, 0.5, 1.3, 1.0)])
+def test_lrn_loops_forward_and_gradient(channels, size, alpha, beta, k):
+    # 300 pixels: more than one block of 256, and a partial one
+    x = np.random.default_rng(channels).standard_normal((3, channels, 10, 10)) * 3
+    dy = np.random.default_rng(channels + 1).standard_normal(x.shape)
+    t = channels_last(x.astype(np.float32)).requires_grad_()
+    assert cpu_loops.enabled(t)
+    y = lrn_across(t, size, alpha, beta, k)
+    assert y.is_contiguous(memory_format=CL)
+    expect = ref.lrn_across(x.astype(np.float32).astype(np.float64), size, alpha, beta, k)
+    np.testing.assert_allclose(y.detach().double().numpy(), expect, rtol=2e-6, atol=1e-7)
+    y.backward(torch.from_numpy(dy.astype(np.float32)))
+    grad = caffe_lrn_backward_np(x.astype(np.float32).astype(np.float64), dy.astype(np.float32), size, alpha,
+                                 beta, k)
+    np.testing.assert_allclose(t.grad.double().numpy(), grad, rtol=1e-5, atol=1e-5 * np.abs(grad).max())
+
+
+def test_lrn_loops_agree_with_the_pytorch_path():
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((2, 40, 7, 7)).astype(np.float32) * 4)
+    fast, slow = x.contiguous(memory_format=CL), x.contiguous()
+    assert cpu_loops.enabled(fast) and not cpu_loops.enabled(slow)
+    a, b = lrn_across(fast, 5, 1e-2, 0.75, 1.0), lrn_across(slow, 5, 1e-2, 0.75, 1.0)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=3e-7, atol=0)
+
+
+def test_lrn_loops_in_bfloat16_round_once():
+    x = np.random.default_rng(9).standard_normal((2, 16, 5, 5)).astype(np.float32) * 3
+    xb = channels_last(x).to(torch.bfloat16).requires_grad_()
+    y = lrn_across(xb, 5, 0.5, 0.75, 1.0)
+    assert y.dtype == torch.bfloat16
+    expect = ref.lrn_across(xb.detach().double().numpy(), 5, 0.5, 0.75, 1.0)
+    np.testing.assert_allclose(y.detach().double().numpy(), expect, rtol=2 ** -8, atol=0)
+    y.sum().backward()
+    assert xb.grad.dtype == torch.bfloat16
+
+
+def test_which_tensors_take_the_loops(monkeypatch):
+    x = torch.zeros(1, 4, 3, 3)
+    assert cpu_loops.enabled(x.contiguous(memory_format=CL))
+    assert not cpu_loops.enabled(x)  # NCHW
+    assert not cpu_loops.enabled(x.double().contiguous(memory_format=CL))
+    assert not cpu_loops.enabled(torch.zeros(2, 3))
+    monkeypatch.setattr(cpu_loops, "ENABLED", False)  # CAFFECAM_LOOPS=0
+    assert not cpu_loops.enabled(x.contiguous(memory_format=CL))
