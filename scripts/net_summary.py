@@ -115,7 +115,11 @@ def time_layers(net, iterations, progress=None):
     """{layer: (forward ms, backward ms)} averaged over `iterations`, each layer run alone on the tops its
     predecessors computed from a seeded input (as `caffe time`, which also times layer by layer)."""
     generator = torch.Generator().manual_seed(0)
-    blobs = {b: torch.randn(net.blob_shapes[b], generator=generator) for b in net.input_blobs}
+    # An input that layers read only as a second bottom is a label or a target (SoftmaxWithLoss, Accuracy,
+    # EuclideanLoss …): zeros, a class every classifier has, where seeded noise would be a label like −1.
+    first = {lp.bottom[0] for lp in net.layer_params if lp.bottom}
+    blobs = {b: torch.randn(net.blob_shapes[b], generator=generator) if b in first else
+             torch.zeros(net.blob_shapes[b]) for b in net.input_blobs}
     with torch.no_grad():
         blobs = net.forward(blobs)  # every bottom each layer reads, computed once
     result = {}

@@ -240,6 +240,15 @@ def test_time_prints_caffe_time_lines(small, capsys):
     assert totals["Average Forward-Backward"] >= totals["Average Forward pass"]
 
 
+def test_time_on_a_train_net_feeds_valid_labels(small, capsys):
+    """TRAIN phase: the Data layer's `label` top reaches SoftmaxWithLoss; seeded noise there would be a label like
+    −1 and the loss would refuse it, so labels are zeros (a class every classifier has)."""
+    net_summary.main([str(small), "--phase", "TRAIN", "--input-shape", "data=64,3,8,8", "--input-shape", "label=64",
+                      "--time", "--iterations", "1"])
+    out = capsys.readouterr().out
+    assert "\tforward:" in out and re.search(r"^ +loss\tbackward: [0-9.]+ ms\.$", out, re.M)
+
+
 def test_legacy_file_is_upgraded_and_says_so(tmp_path):
     path = tmp_path / "v1.prototxt"
     path.write_text('name: "v1" input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
