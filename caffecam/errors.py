@@ -14,6 +14,11 @@ class CaffeCamError(Exception):
     """A problem the user can fix (bad file, bad option, missing input). The message is the whole story."""
 
 
+def net_label(name):
+    """How messages name a net: net 'GoogleNet', or "the unnamed net" for a prototxt without a name (SqueezeNet's)."""
+    return f"net '{name}'" if name else "the unnamed net"
+
+
 def rank_zero_speaks():
     """Under torchrun, for the part of a script every process does alike (reading its options and its input list):
     the processes other than each node's first hold back what they write to stderr, so a mistake (argparse's too)

@@ -87,3 +87,16 @@ def test_an_unexpected_exception_keeps_its_traceback_on_every_rank(monkeypatch, 
     with pytest.raises(ZeroDivisionError):
         broken()
     assert sys.stderr is stderr and capsys.readouterr().err == "before\n"
+
+
+def test_a_net_without_a_name_is_called_the_unnamed_net():
+    from caffecam.engine.net import Net
+    from caffecam.engine.prototxt import parse_text
+    from caffecam.proto import caffe_pb2
+    text = 'layer { name: "d" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 } } }'
+    for name, expect in (("", "the unnamed net: input blob 'data' was not given"),
+                         ("SqueezeNet", "net 'SqueezeNet': input blob 'data' was not given")):
+        net = Net(parse_text(f'name: "{name}" ' + text, caffe_pb2.NetParameter))
+        with pytest.raises(CaffeCamError) as exc:
+            net({})
+        assert str(exc.value) == expect

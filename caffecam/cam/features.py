@@ -18,7 +18,7 @@ from caffecam.atomic import atomic_write_bytes
 from caffecam.data.images import ImageLoadError, load_image
 from caffecam.engine import precision
 from caffecam.engine.fold import fold_batchnorm
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, net_label
 
 
 def check_blobs(net, names):
@@ -27,7 +27,7 @@ def check_blobs(net, names):
     for name in names:
         if name not in net.blob_shapes:
             near = difflib.get_close_matches(name, known, n=3, cutoff=0.0)
-            raise CaffeCamError(f"net '{net.name}' has no blob '{name}'; nearest: {', '.join(near)}")
+            raise CaffeCamError(f"{net_label(net.name)} has no blob '{name}'; nearest: {', '.join(near)}")
         if name == "names":
             raise CaffeCamError("a blob named 'names' would clash with the list of inputs in the .npz; rename it")
 
@@ -36,7 +36,7 @@ def image_input(net):
     """The net's image input blob: its only 4-D input."""
     images = [b for b in net.input_blobs if len(net.blob_shapes[b]) == 4]
     if len(images) != 1:
-        raise CaffeCamError(f"net '{net.name}': needs exactly one 4-D input blob to feed, has "
+        raise CaffeCamError(f"{net_label(net.name)}: needs exactly one 4-D input blob to feed, has "
                             f"{', '.join(images) or 'none'} (inputs: {', '.join(net.input_blobs) or 'none'})")
     return images[0]
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from caffecam.cam.pairs import NoCamPair, find_cam_layers
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, net_label
 
 TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM",
           "layercam": "Layer-CAM", "scorecam": "Score-CAM"}
@@ -86,14 +86,14 @@ def default_layer(net, score_blob):
     while True:
         index = _last_writer(net, blob, index)
         if index is None:
-            raise CaffeCamError(f"net '{net.name}': no spatial blob (N×C×H×W, H·W > 1) feeds the scores "
+            raise CaffeCamError(f"{net_label(net.name)}: no spatial blob (N×C×H×W, H·W > 1) feeds the scores "
                                 f"'{score_blob}'; name one with --layer")
         lp = net.layer_params[index]
         if _spatial(net, blob) and lp.type != "Pooling":
             return blob
         if not lp.bottom:
-            raise CaffeCamError(f"net '{net.name}': no spatial blob feeds the scores '{score_blob}'; name one with "
-                                "--layer")
+            raise CaffeCamError(f"{net_label(net.name)}: no spatial blob feeds the scores '{score_blob}'; name one "
+                                "with --layer")
         blob = lp.bottom[0]
 
 
@@ -101,7 +101,7 @@ def check_layer(net, blob, score_blob):
     """--layer BLOB exists, is spatial and is written before the scores, else one line."""
     if blob not in net.blob_shapes:
         near = difflib.get_close_matches(blob, list(net.blob_shapes), n=3, cutoff=0.0)
-        raise CaffeCamError(f"--layer {blob}: net '{net.name}' has no such blob; nearest: {', '.join(near)}")
+        raise CaffeCamError(f"--layer {blob}: {net_label(net.name)} has no such blob; nearest: {', '.join(near)}")
     if not _spatial(net, blob):
         raise CaffeCamError(f"--layer {blob}: its shape {tuple(net.blob_shapes[blob])} has no spatial extent "
                             "(N×C×H×W with H·W > 1 needed); pick an earlier blob")
@@ -137,7 +137,7 @@ def choose_layers(net, method=None, layer=None, feature_blob=None, fc_layer=None
     check_layer(net, blob, score)
     found = GradientLayers(method, blob, score, prob, end)
     if note is not None:
-        note = f"no CAM pair in net '{net.name}': {note}; using {TITLES[method]} of '{blob}' (--method, --layer " \
+        note = f"no CAM pair in {net_label(net.name)}: {note}; using {TITLES[method]} of '{blob}' (--method, --layer " \
                "choose another)"
     return found, method, note
 

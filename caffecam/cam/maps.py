@@ -23,7 +23,7 @@ from caffecam.engine.fold import fold_batchnorm
 from caffecam.engine.net import TEST, Net
 from caffecam.engine.prototxt import read_net
 from caffecam.engine.weights import copy_weights, layers_with_blobs, read_caffemodel
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, net_label
 from caffecam.textfile import content_lines
 
 
@@ -144,11 +144,11 @@ class CamModel:
         fold_batchnorm(net, keep={lay.feature_blob, lay.score_blob} | ({lay.prob_blob} if lay.prob_blob else set()))
         images = [b for b in net.input_blobs if len(net.blob_shapes[b]) == 4]
         if not images:
-            raise CaffeCamError(f"net '{net.name}': no 4-D image input blob among {net.input_blobs}")
+            raise CaffeCamError(f"{net_label(net.name)}: no 4-D image input blob among {net.input_blobs}")
         self.input_blob = images[0]
         channels, *self.input_size = net.blob_shapes[self.input_blob][1:]
         if channels != 3:
-            raise CaffeCamError(f"net '{net.name}': input '{self.input_blob}' has {channels} channels; CAM feeds "
+            raise CaffeCamError(f"{net_label(net.name)}: input '{self.input_blob}' has {channels} channels; CAM feeds "
                                 "3-channel BGR images")
         self.device = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = precision.configure(self.device, tf32) or "float32"  # TF32 only when asked for

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, net_label
 
 # Layers between the pooling and the classifier that leave the pooled values alone (at TEST).
 PASS_THROUGH = {"Dropout", "Flatten", "Split", "Reshape"}
@@ -108,7 +108,7 @@ def _head_after(net, index):
             return j, lp.top[0]
         if lp.type not in PASS_THROUGH:
             raise NoCamPair(
-                f"net '{net.name}': {lp.type} layer '{lp.name}' sits between the global average pooling "
+                f"{net_label(net.name)}: {lp.type} layer '{lp.name}' sits between the global average pooling "
                 f"'{pool.name}' and the classifier; it is not linear in the map sum, so CAM would draw a wrong map; "
                 f"{OVERRIDE} to use another pair",
                 f"{lp.type} layer '{lp.name}' after the global average pooling '{pool.name}' is not linear in the "
@@ -143,9 +143,9 @@ def find_cam_layers(net, feature_blob=None, fc_layer=None):
     """
     names = [lp.name for lp in net.layer_params]
     if fc_layer is not None and fc_layer not in names:
-        raise CaffeCamError(f"--fc-layer {fc_layer}: no such layer in net '{net.name}'")
+        raise CaffeCamError(f"--fc-layer {fc_layer}: no such layer in {net_label(net.name)}")
     if feature_blob is not None and feature_blob not in net.blob_shapes:
-        raise CaffeCamError(f"--feature-blob {feature_blob}: no such blob in net '{net.name}'")
+        raise CaffeCamError(f"--feature-blob {feature_blob}: no such blob in {net_label(net.name)}")
     if fc_layer is not None and net.layer_params[names.index(fc_layer)].type not in CLASSIFIERS:
         raise CaffeCamError(f"--fc-layer {fc_layer}: is a {net.layer_params[names.index(fc_layer)].type} layer, "
                             "not an InnerProduct or a 1×1 Convolution")
@@ -154,7 +154,7 @@ def find_cam_layers(net, feature_blob=None, fc_layer=None):
         wanted = "an InnerProduct layer" if fc_layer is None else f"classifier '{fc_layer}'"
         src = "a blob" if feature_blob is None else f"blob '{feature_blob}'"
         raise NoCamPair(
-            f"net '{net.name}': found no {wanted} fed by a global average pooling of {src} (looked for a Pooling "
+            f"{net_label(net.name)}: found no {wanted} fed by a global average pooling of {src} (looked for a Pooling "
             "layer with pool: AVE and global_pooling: true or a kernel covering its whole input, whose top feeds an "
             f"InnerProduct, a 1×1 Convolution or the Softmax); CAM needs that structure, or {OVERRIDE}",
             "no global average pooling feeds the classifier")

@@ -9,7 +9,7 @@ import math
 import os
 import resource
 
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, net_label
 from caffecam.proto import caffe_pb2
 
 FLOAT_BYTES = 4  # float32, what the net allocates
@@ -102,6 +102,6 @@ def check_fits(net, available=None):
     if available is None or need <= available:
         return
     largest, most = max(sizes, key=lambda s: s[1])
-    raise CaffeCamError(f"net '{net.name}' needs {human(need)} for its parameters and blobs but only "
+    raise CaffeCamError(f"{net_label(net.name)} needs {human(need)} for its parameters and blobs but only "
                         f"{human(available)} of memory is available; the largest is {largest} with {human(most)}; "
                         "use a smaller input size or batch, or fewer outputs in that layer")

@@ -9,7 +9,7 @@ from caffecam.engine import memory, netparam
 from caffecam.engine.kernels import winograd
 from caffecam.engine.layers import INPUT_TYPES, make_layer
 from caffecam.engine.prototxt import read_net
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, net_label
 from caffecam.proto import caffe_pb2
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -145,11 +145,12 @@ class Net(nn.Module):
             self.layers.append(layer)
             self.layer_by_name[lp.name] = layer
         if not self.layers:
-            raise CaffeCamError(f"net '{self.name}': no layers in phase {caffe_pb2.Phase.Name(phase)}")
+            raise CaffeCamError(f"{net_label(self.name)}: no layers in phase {caffe_pb2.Phase.Name(phase)}")
         unknown = sorted(set(input_shapes) - set(self.input_blobs))
         if unknown:
-            raise CaffeCamError(f"net '{self.name}': input_shapes names '{unknown[0]}', which is not an input of this "
-                                f"net in phase {caffe_pb2.Phase.Name(phase)} (inputs: {', '.join(self.input_blobs)})")
+            raise CaffeCamError(f"{net_label(self.name)}: input_shapes names '{unknown[0]}', which is not an input "
+                                f"of this net in phase {caffe_pb2.Phase.Name(phase)} (inputs: "
+                                f"{', '.join(self.input_blobs)})")
         # Caffe's net outputs: blobs no later layer consumes (an in-place layer's top counts), sorted by name.
         self.output_blobs = sorted(available - set(self.input_blobs))
         self.param_specs()  # a shared parameter given two different lr_mult/decay_mult values is an error now
@@ -245,13 +246,13 @@ class Net(nn.Module):
         if torch.is_tensor(inputs):
             feeds = [b for b in self.input_blobs if b != "label"]
             if len(feeds) != 1:
-                raise CaffeCamError(f"net '{self.name}' has inputs {self.input_blobs}; pass a dict")
+                raise CaffeCamError(f"{net_label(self.name)} has inputs {self.input_blobs}; pass a dict")
             inputs = {feeds[0]: inputs}
         if end is not None and end not in self.layer_by_name:
-            raise CaffeCamError(f"net '{self.name}': no layer named '{end}' to stop at")
+            raise CaffeCamError(f"{net_label(self.name)}: no layer named '{end}' to stop at")
         missing = [b for b in self.input_blobs if b not in inputs]
         if missing:
-            raise CaffeCamError(f"net '{self.name}': input blob '{missing[0]}' was not given")
+            raise CaffeCamError(f"{net_label(self.name)}: input blob '{missing[0]}' was not given")
         blobs = dict(inputs)
         fold = self.fold if self.fold is not None and self.fold.applies(end) else None
         for i, (lp, layer) in enumerate(zip(self.layer_params, self.layers)):
@@ -283,7 +284,7 @@ class Net(nn.Module):
         """pycaffe's Net.set_input_arrays: hand N×C×H×W float32 data and N labels to the net's first layer, which
         must be MemoryData (N a multiple of its batch_size; each forward takes the next batch)."""
         if not self.layers or self.layer_params[0].type != "MemoryData":
-            raise CaffeCamError(f"net '{self.name}': set_input_arrays needs a MemoryData layer as the first layer")
+            raise CaffeCamError(f"{net_label(self.name)}: set_input_arrays needs a MemoryData layer as the first layer")
         self.layers[0].set_input_arrays(data, labels)
 
     def winograd_layers(self):

@@ -1,7 +1,7 @@
 """NetParameter plumbing: the upgraded layer list, phase/level/stage filtering, legacy input headers."""
 
 from caffecam.engine.upgrade import upgrade_net
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, net_label
 
 
 def current_layers(net_param):
@@ -43,11 +43,11 @@ def legacy_inputs(net_param):
     elif len(net_param.input_dim):
         dims = list(net_param.input_dim)
         if len(dims) != 4 * len(names):
-            raise CaffeCamError(f"net '{net_param.name}': {len(names)} inputs need {4 * len(names)} input_dim values, "
-                                f"got {len(dims)}")
+            raise CaffeCamError(f"{net_label(net_param.name)}: {len(names)} inputs need {4 * len(names)} input_dim "
+                                f"values, got {len(dims)}")
         shapes = [tuple(dims[4 * i: 4 * i + 4]) for i in range(len(names))]
     else:
-        raise CaffeCamError(f"net '{net_param.name}': input {names} has no input_shape or input_dim")
+        raise CaffeCamError(f"{net_label(net_param.name)}: input {names} has no input_shape or input_dim")
     if len(shapes) != len(names):
-        raise CaffeCamError(f"net '{net_param.name}': {len(names)} inputs but {len(shapes)} input shapes")
+        raise CaffeCamError(f"{net_label(net_param.name)}: {len(names)} inputs but {len(shapes)} input shapes")
     return list(zip(names, shapes))

@@ -7,7 +7,7 @@ left to netparam.legacy_inputs (same shapes, without Caffe's extra layer named "
 `upgrade_net` returns the upgraded NetParameter and one note per step taken, for the tools to print.
 """
 
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, net_label
 from caffecam.proto import caffe_pb2
 
 V1 = caffe_pb2.V1LayerParameter
@@ -97,7 +97,7 @@ def _set(msg, field, value):
 
 
 def _where(net_param, i):
-    return f"net '{net_param.name}', legacy layer {i}"
+    return f"{net_label(net_param.name)}, legacy layer {i}"
 
 
 def _remove_v0_padding(net_param):
@@ -263,7 +263,7 @@ def upgrade_net(net_param, inputs_as_layer=False):
         notes.append("data layers' scale/mean_file/crop_size/mirror moved into transform_param")
     if len(out.layers):
         if len(out.layer):
-            raise CaffeCamError(f"net '{out.name}': mixes current `layer` and legacy `layers` fields; use one "
+            raise CaffeCamError(f"{net_label(out.name)}: mixes current `layer` and legacy `layers` fields; use one "
                                 "(Caffe refuses to upgrade it too)")
         layers = [upgrade_v1_layer(v1, _where(out, i)) for i, v1 in enumerate(out.layers)]
         del out.layers[:]

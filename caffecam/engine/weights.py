@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from caffecam.engine.prototxt import read_binary, write_binary
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, net_label
 from caffecam.proto import caffe_pb2
 
 
@@ -50,7 +50,7 @@ def caffemodel_blobs(net_param):
     `layers` (V1, or V0 with name and blobs in its `layer`), read in place rather than through upgrade.py, which
     would copy every blob of a large file twice. Caffe refuses a file with both lists, as here."""
     if len(net_param.layer) and len(net_param.layers):
-        raise CaffeCamError(f"net '{net_param.name}': mixes current `layer` and legacy `layers` fields")
+        raise CaffeCamError(f"{net_label(net_param.name)}: mixes current `layer` and legacy `layers` fields")
     legacy = [v1.layer if v1.HasField("layer") else v1 for v1 in net_param.layers]
     return [(lp.name, [blob_to_array(b) for b in lp.blobs]) for lp in (*legacy, *net_param.layer)]
 

@@ -22,7 +22,7 @@ import torch
 
 from caffecam.engine import precision
 from caffecam.engine.net import Net
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, net_label
 from caffecam.proto import caffe_pb2
 from caffecam.train import distributed, lr_policy, sgd, snapshots, solver_feeds, solver_nets
 
@@ -96,10 +96,10 @@ class Solver:
         self.updater = sgd.Updater(sp, specs, self.where, log=self._info)
         self._trainable = [specs[i][2] for i in self.updater.trainable]
         if not self._trainable:
-            raise CaffeCamError(f"{self.where}: every parameter of net '{self.net.name}' has lr_mult 0: nothing to "
-                                "train")
+            raise CaffeCamError(f"{self.where}: every parameter of {net_label(self.net.name)} has lr_mult 0: "
+                                "nothing to train")
         if not self.net.loss_weights:
-            raise CaffeCamError(f"{self.where}: net '{self.net.name}' has no loss layer (e.g. SoftmaxWithLoss)")
+            raise CaffeCamError(f"{self.where}: {net_label(self.net.name)} has no loss layer (e.g. SoftmaxWithLoss)")
         solver_feeds.check_labels([(self.net, self.train_feeds), *zip(self.test_nets, self.test_feeds)])
         # engine: CAFFE keeps a layer direct; bfloat16 autocast too (winograd.suits)
         fast = self.net.winograd_layers() if self.device.type == "cpu" and not self.bf16 else []

@@ -1,7 +1,7 @@
 """The solver's data: the default feed factory (caffecam.data.feeds' BatchFeeds), the checks of what the feeds give
 the nets, and the per-iteration seed that makes dropout and the data stream a function of (seed, rank, iteration)."""
 
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, net_label
 from caffecam.proto import caffe_pb2
 
 
@@ -46,7 +46,7 @@ def check_fed(where, net, feeds):
     missing = [b for b in net.input_blobs if b not in fed]
     if missing:
         phase = caffe_pb2.Phase.Name(net.phase)
-        raise CaffeCamError(f"{where}: net '{net.name}' ({phase}) has no Data/ImageData layer feeding "
+        raise CaffeCamError(f"{where}: {net_label(net.name)} ({phase}) has no Data/ImageData layer feeding "
                             f"'{missing[0]}'; a net to train needs data layers (Input layers are for deploy)")
 
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from caffecam.engine.prototxt import read_net
-from caffecam.errors import CaffeCamError
+from caffecam.errors import CaffeCamError, net_label
 from caffecam.proto import caffe_pb2
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -151,5 +151,5 @@ def check_sources(net_params):
             else:
                 continue
             if not ok:
-                raise CaffeCamError(f"{source}: data of layer '{lp.name}' in net '{param.name}' not found "
+                raise CaffeCamError(f"{source}: data of layer '{lp.name}' in {net_label(param.name)} not found "
                                     f"(working directory {os.getcwd()}); {_advice(source)}")

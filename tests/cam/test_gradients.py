@@ -141,8 +141,8 @@ def test_fallback_to_gradcam_says_why():
     model = CamModel(net, device="cpu")
     assert (model.method, model.title, model.layers.feature_blob, model.num_classes) == ("gradcam", "Grad-CAM",
                                                                                           "conv2", 5)
-    assert model.note == ("no CAM pair in net '': no global average pooling feeds the classifier; using Grad-CAM of "
-                          "'conv2' (--method, --layer choose another)")
+    assert model.note == ("no CAM pair in the unnamed net: no global average pooling feeds the classifier; "
+                          "using Grad-CAM of 'conv2' (--method, --layer choose another)")
     relu_head = GAP_HEAD.replace('layer { name: "fc"', 'layer { name: "r" type: "ReLU" bottom: "gap" top: "gap" }\n'
                                  'layer { name: "fc"')
     model = CamModel(make_net(relu_head), device="cpu")
