@@ -39,7 +39,7 @@ def enabled(x):
 
 def _rows(t):
     """N×C×H×W channels_last float32 tensor -> its (N·H·W)×C NumPy view (no copy)."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]).numpy()
+    return t.detach().permute(0, 2, 3, 1).reshape(-1, t.shape[1]).numpy()
 
 
 def _float_channels_last(t):
@@ -83,3 +83,36 @@ def max_pool(x, kernel, stride, pad, out, with_index=False):
     _threads().max_pool(_rows(xf), n, h, w, kernel, stride, pad, out, _rows(top), _rows(arg) if with_index else None)
     top = top.to(x.dtype)
     return (top, arg) if with_index else top
+
+
+# ---- Winograd F(2×2, 3×3) transforms for winograd.py (float32 on the CPU) -----------------------------------------
+
+def winograd_ready(t):
+    """Whether winograd.py's transforms of t run as compiled loops (one pass each; the PyTorch composition makes
+    about 20 and took 30-45% of a GoogLeNet-CAM training step)."""
+    return ENABLED and t.device.type == "cpu" and t.dtype == torch.float32 and _load() is not False
+
+
+def winograd_input(xh, th, tw):
+    """N×H×W×C (contiguous) -> (16, N·th·tw, C) transformed tiles."""
+    n, h, w, c = xh.shape
+    v = torch.empty((16, n * th * tw, c))
+    _threads().winograd_input(xh.detach().reshape(-1, c).numpy(), n, h, w, th, tw, v.numpy())
+    return v
+
+
+def winograd_output(m, n, th, tw, h, w, bias=None, relu=False):
+    """(16, N·th·tw, K) tile products -> N×K×H×W channels_last output (+ bias, then ReLU when asked)."""
+    k = m.shape[-1]
+    out = torch.empty((n, k, h, w), memory_format=torch.channels_last)
+    b = None if bias is None else bias.detach().float().contiguous().numpy()
+    _threads().winograd_output(m.detach().contiguous().numpy(), n, h, w, th, tw, b, relu, _rows(out))
+    return out
+
+
+def winograd_output_adjoint(gy, th, tw):
+    """N×H×W×K (contiguous) output gradient -> (16, N·th·tw, K)."""
+    n, h, w, k = gy.shape
+    gm = torch.empty((16, n * th * tw, k))
+    _threads().winograd_output_adjoint(gy.detach().reshape(-1, k).numpy(), n, h, w, th, tw, gm.numpy())
+    return gm

@@ -9,6 +9,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+# GNU OpenMP first: after a parallel loop TBB's workers spin long enough to slow PyTorch's next operation (its own
+# OpenMP threads then share the cores with them): a 103 MB fill right after an LRN backward took 13 ms under TBB,
+# 6 under OpenMP, 3 alone, and a GoogLeNet-CAM training step ran ×1.05-×1.1 faster. Read at the first parallel call.
+numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
 BLOCK = 256  # pixels per parallel task
 _F32 = np.float32
 
@@ -160,3 +165,134 @@ def max_pool(x, n, h, w, kernel, stride, pad, out, top, arg):
     _max_pool(x, n, h, w, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], out[0], out[1], top,
               arg if want else np.empty((1, 1), np.int32), want)
 
+
+
+# ---- Winograd F(2×2, 3×3) transforms (winograd.py has the formulas; the same operations in the same order) ----
+
+@njit(parallel=True, cache=True, nogil=True)
+def _winograd_input(x, n, h, w, th, tw, v):
+    """x: (N·H·W, C) rows -> v (16, N·th·tw, C): Bᵀ d B of each 4×4 tile d (rows and columns 2·t − 1 … 2·t + 2,
+    zero outside the input), Bᵀ rows (d0 − d2, d1 + d2, d2 − d1, d1 − d3) along the rows, then the columns."""
+    c = x.shape[1]
+    for task in prange(n * th):
+        image, ty = task // th, task % th
+        d = np.empty((16, c), np.float32)
+        rows = np.empty((16, c), np.float32)
+        for tx in range(tw):
+            for i in range(4):
+                yy = 2 * ty - 1 + i
+                for j in range(4):
+                    xx = 2 * tx - 1 + j
+                    if 0 <= yy < h and 0 <= xx < w:
+                        src = (image * h + yy) * w + xx
+                        for ch in range(c):
+                            d[i * 4 + j, ch] = x[src, ch]
+                    else:
+                        for ch in range(c):
+                            d[i * 4 + j, ch] = 0
+            for j in range(4):
+                for ch in range(c):
+                    r0, r1, r2, r3 = d[j, ch], d[4 + j, ch], d[8 + j, ch], d[12 + j, ch]
+                    rows[j, ch] = r0 - r2
+                    rows[4 + j, ch] = r1 + r2
+                    rows[8 + j, ch] = r2 - r1
+                    rows[12 + j, ch] = r1 - r3
+            p = (image * th + ty) * tw + tx
+            for i in range(4):
+                for ch in range(c):
+                    c0, c1, c2, c3 = rows[4 * i, ch], rows[4 * i + 1, ch], rows[4 * i + 2, ch], rows[4 * i + 3, ch]
+                    v[4 * i, p, ch] = c0 - c2
+                    v[4 * i + 1, p, ch] = c1 + c2
+                    v[4 * i + 2, p, ch] = c2 - c1
+                    v[4 * i + 3, p, ch] = c1 - c3
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _winograd_output(m, n, h, w, th, tw, bias, has_bias, relu, y):
+    """m (16, N·th·tw, K) -> y (N·H·W, K) rows: Aᵀ m A of each tile, Aᵀ rows (m0 + m1 + m2, m1 − m2 − m3), then
+    + bias, then max(·, 0) when relu; the part of a tile past the edge is dropped."""
+    k = m.shape[2]
+    for task in prange(n * th):
+        image, ty = task // th, task % th
+        rows = np.empty((8, k), np.float32)
+        out = np.empty(k, np.float32)
+        for tx in range(tw):
+            p = (image * th + ty) * tw + tx
+            for j in range(4):
+                for ch in range(k):
+                    m0, m1, m2, m3 = m[j, p, ch], m[4 + j, p, ch], m[8 + j, p, ch], m[12 + j, p, ch]
+                    rows[j, ch] = m0 + m1 + m2
+                    rows[4 + j, ch] = m1 - m2 - m3
+            for i in range(2):
+                yy = 2 * ty + i
+                for jj in range(2):
+                    xx = 2 * tx + jj
+                    if yy >= h or xx >= w:
+                        continue
+                    if jj == 0:
+                        for ch in range(k):
+                            out[ch] = rows[4 * i, ch] + rows[4 * i + 1, ch] + rows[4 * i + 2, ch]
+                    else:
+                        for ch in range(k):
+                            out[ch] = rows[4 * i + 1, ch] - rows[4 * i + 2, ch] - rows[4 * i + 3, ch]
+                    if has_bias:
+                        for ch in range(k):
+                            out[ch] += bias[ch]
+                    if relu:
+                        for ch in range(k):
+                            out[ch] = max(out[ch], _F32(0))
+                    dst = (image * h + yy) * w + xx
+                    for ch in range(k):
+                        y[dst, ch] = out[ch]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _winograd_output_adjoint(gy, n, h, w, th, tw, gm):
+    """gy (N·H·W, K) rows -> gm (16, N·th·tw, K): A gY Aᵀ of each 2×2 tile (zero past the edge), A rows
+    (y0, y0 + y1, y0 − y1, −y1) along the rows, then the columns."""
+    k = gy.shape[1]
+    for task in prange(n * th):
+        image, ty = task // th, task % th
+        g = np.empty((4, k), np.float32)
+        rows = np.empty((8, k), np.float32)
+        for tx in range(tw):
+            for i in range(2):
+                yy = 2 * ty + i
+                for j in range(2):
+                    xx = 2 * tx + j
+                    if yy < h and xx < w:
+                        src = (image * h + yy) * w + xx
+                        for ch in range(k):
+                            g[2 * i + j, ch] = gy[src, ch]
+                    else:
+                        for ch in range(k):
+                            g[2 * i + j, ch] = 0
+            # rows[r, j] (r = 0..3, j = 0..1) stored at rows[2 * r + j]
+            for j in range(2):
+                for ch in range(k):
+                    y0, y1 = g[j, ch], g[2 + j, ch]
+                    rows[j, ch] = y0
+                    rows[2 + j, ch] = y0 + y1
+                    rows[4 + j, ch] = y0 - y1
+                    rows[6 + j, ch] = -y1
+            p = (image * th + ty) * tw + tx
+            for r in range(4):
+                for ch in range(k):
+                    r0, r1 = rows[2 * r, ch], rows[2 * r + 1, ch]
+                    gm[4 * r, p, ch] = r0
+                    gm[4 * r + 1, p, ch] = r0 + r1
+                    gm[4 * r + 2, p, ch] = r0 - r1
+                    gm[4 * r + 3, p, ch] = -r1
+
+
+def winograd_input(x, n, h, w, th, tw, v):
+    _winograd_input(x, n, h, w, th, tw, v)
+
+
+def winograd_output(m, n, h, w, th, tw, bias, relu, y):
+    has_bias = bias is not None
+    _winograd_output(m, n, h, w, th, tw, bias if has_bias else np.zeros(1, np.float32), has_bias, relu, y)
+
+
+def winograd_output_adjoint(gy, n, h, w, th, tw, gm):
+    _winograd_output_adjoint(gy, n, h, w, th, tw, gm)

@@ -20,9 +20,13 @@ import os
 import torch
 import torch.nn.functional as F
 
+from caffecam.engine.kernels import cpu_loops
+
 
 def _input_transform(xh, th, tw):
     """N×H×W×C -> (16, N·th·tw, C): Bᵀ d B for each 4×4 tile d of the input padded by 1 (tiles 2 apart)."""
+    if cpu_loops.winograd_ready(xh):
+        return cpu_loops.winograd_input(xh, th, tw)
     n, h, w, c = xh.shape
     xp = F.pad(xh, (0, 0, 1, 1 + 2 * tw - w, 1, 1 + 2 * th - h))
     # Bᵀ rows: (d0 − d2, d1 + d2, d2 − d1, d1 − d3), applied to the rows of every tile, then to the columns.
@@ -81,6 +85,8 @@ def _filter_transform_adjoint(gu):
 def _output_transform(m, n, th, tw, h, w, bias=None):
     """(16, N·th·tw, K) -> N×K×H×W in channels_last memory (a tensor of its own, not a view, so that an in-place
     ReLU may follow): Aᵀ m A per tile, Aᵀ rows (m0 + m1 + m2, m1 − m2 − m3), plus the bias."""
+    if cpu_loops.winograd_ready(m):
+        return cpu_loops.winograd_output(m, n, th, tw, h, w, bias)
     k = m.shape[-1]
     m = m.view(4, 4, n, th, tw, k)
     rows = m.new_empty((2, 4, n, th, tw, k))
@@ -99,6 +105,8 @@ def _output_transform(m, n, th, tw, h, w, bias=None):
 
 def _output_transform_adjoint(gy, th, tw):
     """N×H×W×K output gradient -> (16, N·th·tw, K): A gY Aᵀ per 2×2 tile, A rows (y0, y0 + y1, y0 − y1, −y1)."""
+    if cpu_loops.winograd_ready(gy):
+        return cpu_loops.winograd_output_adjoint(gy, th, tw)
     n, h, w, k = gy.shape
     gp = F.pad(gy, (0, 0, 0, 2 * tw - w, 0, 2 * th - h))
     rows = gy.new_empty((4, 2, n, th, tw, k))
@@ -116,7 +124,7 @@ def _output_transform_adjoint(gy, th, tw):
     return gm.view(16, n * th * tw, k)
 
 
-def _conv_nhwc(xh, u, groups=1, bias=None):
+def _conv_nhwc(xh, u, groups=1, bias=None, relu=False):
     """N×H×W×C input, transformed filters (16, K, C/groups) -> (N×K×H×W output, transformed input tiles)."""
     n, h, w, c = xh.shape
     th, tw = (h + 1) // 2, (w + 1) // 2
@@ -130,6 +138,8 @@ def _conv_nhwc(xh, u, groups=1, bias=None):
         for g in range(groups):
             torch.bmm(v[:, :, g * cg:(g + 1) * cg], u[:, g * kg:(g + 1) * kg].transpose(1, 2),
                       out=m[:, :, g * kg:(g + 1) * kg])
+    if relu:  # inference only, with the compiled loops: the ReLU inside the output transform
+        return cpu_loops.winograd_output(m, n, th, tw, h, w, bias, relu=True), v
     return _output_transform(m, n, th, tw, h, w, bias), v
 
 
@@ -185,6 +195,25 @@ def conv3x3(x, weight, bias=None, groups=1):
                                     (bias is not None and bias.requires_grad)):
         return _Winograd3x3.apply(x, weight, bias, groups)
     return _conv_nhwc(_nhwc(x), _filter_transform(weight), groups, bias)[0]
+
+
+def conv3x3_inference(x, weight, bias, groups, relu, holder):
+    """conv3x3 where no gradient is recorded, and max(·, 0) after it with `relu`: the transformed filters are kept
+    on `holder` (the layer) while `weight` stays the same tensor, unwritten. Only with the compiled transforms
+    (cpu_loops.winograd_ready): the PyTorch composition is slower than direct convolution for a forward alone."""
+    if weight.is_inference():  # no version counter to tell a write: transformed on every call
+        return _conv_nhwc(_nhwc(x), _filter_transform(weight), groups, bias, relu)[0]
+    cached = getattr(holder, "_winograd_filters", None)
+    # the weight itself is held, so no other tensor can take its address while the filters are kept
+    if cached is None or cached[0] is not weight or cached[1] != weight._version:
+        cached = (weight, weight._version, _filter_transform(weight.detach()))
+        holder._winograd_filters = cached
+    return _conv_nhwc(_nhwc(x), cached[2], groups, bias, relu)[0]
+
+
+def suits_inference(x, weight, stride, pad, dilation, group):
+    """suits(), and the compiled transforms at hand, for a forward alone."""
+    return cpu_loops.winograd_ready(x) and suits(x, weight, stride, pad, dilation, group)
 
 
 def suits(x, weight, stride, pad, dilation, group):

@@ -212,15 +212,43 @@ def test_engine_caffe_uses_direct_convolution(monkeypatch):
     check_net_output(conv_net("engine: CAFFE"), monkeypatch, False)
 
 
-def test_forward_without_gradient_uses_direct_convolution(monkeypatch):
-    # at inference oneDNN's direct convolution is the faster one here (vision.Convolution.convolve)
-    net = conv_net()
-    monkeypatch.setattr(winograd, "conv3x3", lambda *a, **k: pytest.fail("Winograd at inference"))
-    x = torch.randn((8, 128, 14, 14), generator=torch.Generator().manual_seed(0))
+CONV_RELU_NET = CONV_NET + 'layer {{ name: "relu" type: "ReLU" bottom: "conv" top: "conv" }}\n'
+
+
+def test_forward_without_gradient_runs_winograd_with_the_relu_inside(monkeypatch):
+    from caffecam.engine.kernels import cpu_loops
+    if cpu_loops._load() is False:
+        pytest.skip("numba is not installed")
+    from caffecam.engine.fold import fold_batchnorm
+    net = Net(parse_text(CONV_RELU_NET.format(engine=""), caffe_pb2.NetParameter), seed=0)
+    fold_batchnorm(net)  # as cam.py and extract_features.py do: the ReLU runs inside the convolution
+    calls = []
+    real = winograd.conv3x3_inference
+    monkeypatch.setattr(winograd, "conv3x3_inference", lambda *a: calls.append(a[4]) or real(*a))
+    x = torch.randn((8, 128, 14, 14), generator=torch.Generator().manual_seed(0)).contiguous(memory_format=CL)
+    w, b = net.params["conv"]
+    expect = np.maximum(reference(x, w[:24].detach(), b[:24].detach(), 1), 0)
     with torch.inference_mode():
         y = net(x)["conv"]
-    w, b = net.params["conv"]
-    assert rel_err(y[:, :24], reference(x, w[:24].detach(), b[:24].detach(), 1)) < 1e-5
+    assert calls == [True]  # the ReLU folded into the convolution (engine/fold.py), then into the transform
+    assert rel_err(y[:, :24], expect) < 1e-5
+    # a weight written in place, then a new weight tensor: the kept transformed filters follow both
+    with torch.no_grad():
+        w.mul_(-1)
+    with torch.inference_mode():
+        y = net(x)["conv"]
+    assert rel_err(y[:, :24], np.maximum(reference(x, w[:24].detach(), b[:24].detach(), 1), 0)) < 1e-5
+    net.layers[1].blobs[0] = torch.nn.Parameter(w.detach() * 0.5)
+    with torch.inference_mode():
+        y = net(x)["conv"]
+    half = net.params["conv"][0]
+    assert rel_err(y[:, :24], np.maximum(reference(x, half[:24].detach(), b[:24].detach(), 1), 0)) < 1e-5
+    # without the compiled transforms a forward alone is oneDNN's direct convolution
+    monkeypatch.setattr(cpu_loops, "ENABLED", False)
+    calls.clear()
+    with torch.inference_mode():
+        net(x)
+    assert calls == []
 
 
 def test_inference_tensor_weight():
@@ -229,3 +257,23 @@ def test_inference_tensor_weight():
         x, w, b = case(1, 4, 4, 4, 4, 1, seed=14)
         y = winograd.conv3x3(x, w, b)
     assert rel_err(y, reference(x, w, b, 1)) < 1e-5
+
+
+@pytest.mark.parametrize("n,c,k,h,w,groups", SHAPES + [(2, 40, 24, 11, 14, 2)])
+def test_compiled_transforms_give_the_same_floats(n, c, k, h, w, groups, monkeypatch):
+    """float32 on the CPU runs the tile transforms as compiled loops (cpu_loops); they must compute exactly what
+    the PyTorch composition computes: the same output, input gradient and filter gradient, bit for bit."""
+    from caffecam.engine.kernels import cpu_loops
+    if cpu_loops._load() is False:
+        pytest.skip("numba is not installed")
+    x, wt, b = case(n, c, k, h, w, groups, seed=n + c + h)
+    dy = torch.randn((n, k, h, w), generator=torch.Generator().manual_seed(9))
+    results = []
+    for loops in (True, False):
+        monkeypatch.setattr(cpu_loops, "ENABLED", loops)
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x.contiguous(memory_format=CL), wt, b))
+        y = winograd.conv3x3(xs, ws, bs, groups)
+        y.backward(dy)
+        results.append((y.detach(), xs.grad, ws.grad, bs.grad))
+    for fast, plain in zip(*results):
+        assert torch.equal(fast, plain)
