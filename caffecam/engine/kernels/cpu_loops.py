@@ -118,3 +118,18 @@ def winograd_output_adjoint(gy, th, tw):
     gm = torch.empty((16, n * th * tw, k))
     _threads().winograd_output_adjoint(gy.detach().reshape(-1, k).numpy(), n, h, w, th, tw, gm.numpy())
     return gm
+
+
+def winograd_filter(w):
+    """K×C×3×3 filters -> (16, K, C) transformed ones."""
+    g = w.detach().permute(0, 2, 3, 1).contiguous()
+    u = torch.empty((16, g.shape[0], g.shape[3]))
+    _threads().winograd_filter(g.numpy(), u.numpy())
+    return u
+
+
+def winograd_filter_adjoint(gu):
+    """(16, K, C) gradient of the transformed filters -> K×C×3×3 (channels_last memory) filter gradient."""
+    g = torch.empty((gu.shape[1], 3, 3, gu.shape[2]))
+    _threads().winograd_filter_adjoint(gu.detach().contiguous().numpy(), g.numpy())
+    return g.permute(0, 3, 1, 2)

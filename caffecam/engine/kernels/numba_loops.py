@@ -296,3 +296,60 @@ def winograd_output(m, n, h, w, th, tw, bias, relu, y):
 
 def winograd_output_adjoint(gy, n, h, w, th, tw, gm):
     _winograd_output_adjoint(gy, n, h, w, th, tw, gm)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _winograd_filter(g, u):
+    """g (K, 3, 3, C) filters -> u (16, K, C): G g Gᵀ, G rows (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2), along the
+    kernel's rows, then its columns."""
+    k, c = g.shape[0], g.shape[3]
+    half = _F32(0.5)
+    for f in prange(k):
+        rows = np.empty((4, 3, c), np.float32)
+        for j in range(3):
+            for ch in range(c):
+                g0, g1, g2 = g[f, 0, j, ch], g[f, 1, j, ch], g[f, 2, j, ch]
+                h = half * (g0 + g2)
+                rows[0, j, ch] = g0
+                rows[1, j, ch] = h + half * g1
+                rows[2, j, ch] = h - half * g1
+                rows[3, j, ch] = g2
+        for i in range(4):
+            for ch in range(c):
+                r0, r1, r2 = rows[i, 0, ch], rows[i, 1, ch], rows[i, 2, ch]
+                h = half * (r0 + r2)
+                u[4 * i, f, ch] = r0
+                u[4 * i + 1, f, ch] = h + half * r1
+                u[4 * i + 2, f, ch] = h - half * r1
+                u[4 * i + 3, f, ch] = r2
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _winograd_filter_adjoint(gu, g):
+    """gu (16, K, C) -> g (K, 3, 3, C): Gᵀ gU G, Gᵀ rows (u0 + (u1+u2)/2, (u1−u2)/2, (u1+u2)/2 + u3)."""
+    k, c = gu.shape[1], gu.shape[2]
+    half = _F32(0.5)
+    for f in prange(k):
+        rows = np.empty((3, 4, c), np.float32)
+        for j in range(4):
+            for ch in range(c):
+                u0, u1, u2, u3 = gu[j, f, ch], gu[4 + j, f, ch], gu[8 + j, f, ch], gu[12 + j, f, ch]
+                h = half * (u1 + u2)
+                rows[0, j, ch] = h + u0
+                rows[1, j, ch] = (u1 - u2) * half
+                rows[2, j, ch] = h + u3
+        for i in range(3):
+            for ch in range(c):
+                r0, r1, r2, r3 = rows[i, 0, ch], rows[i, 1, ch], rows[i, 2, ch], rows[i, 3, ch]
+                h = half * (r1 + r2)
+                g[f, i, 0, ch] = h + r0
+                g[f, i, 1, ch] = (r1 - r2) * half
+                g[f, i, 2, ch] = h + r3
+
+
+def winograd_filter(g, u):
+    _winograd_filter(g, u)
+
+
+def winograd_filter_adjoint(gu, g):
+    _winograd_filter_adjoint(gu, g)

@@ -47,6 +47,8 @@ def _input_transform(xh, th, tw):
 
 def _filter_transform(w):
     """K×C×3×3 -> (16, K, C): G g Gᵀ for every filter, G rows (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2)."""
+    if cpu_loops.winograd_ready(w):
+        return cpu_loops.winograd_filter(w)
     g = w.permute(0, 2, 3, 1)  # K×3×3×C: contiguous for channels_last weights
     k, c = g.shape[0], g.shape[3]
     rows = w.new_empty((4, k, 3, c))
@@ -67,6 +69,8 @@ def _filter_transform(w):
 def _filter_transform_adjoint(gu):
     """(16, K, C) -> K×C×3×3 (channels_last memory): Gᵀ gU G, the filter gradient from the gradient of the
     transformed filters. Gᵀ rows: (u0 + (u1+u2)/2, (u1−u2)/2, (u1+u2)/2 + u3)."""
+    if cpu_loops.winograd_ready(gu):
+        return cpu_loops.winograd_filter_adjoint(gu)
     gu = gu.view((4, 4) + gu.shape[1:])
     k, c = gu.shape[2:]
     rows = gu.new_empty((3, 4, k, c))
