@@ -29,7 +29,7 @@ def _load():
         try:
             from caffecam.engine.kernels import numba_loops
             _numba = numba_loops
-        except ImportError:
+        except Exception:  # no numba, or no place numba can keep its compiled cache: the PyTorch path, same values
             _numba = False
     return _numba
 
