@@ -97,3 +97,38 @@ def test_forward_is_caffes(name):
     for blob in errors:
         # 2×: on the blobs where both are near float32's own resolution, either may be the closer one
         assert ours_off[blob] <= max(2 * caffe_off[blob], tol / 10), (blob, ours_off[blob], caffe_off[blob])
+
+
+# The scripts' inference path: channels_last memory, BatchNorm/ReLU folding, inference_mode. There LRN, MAX pooling
+# and the wide 3×3 convolutions (Winograd, VGG16's conv3 at 56×56) run as compiled CPU loops (cpu_loops.py): each
+# net's recording must still hold, and the loops must have run (else this would test nothing new).
+PRODUCTION = {"bvlc_alexnet": {"lrn_forward", "max_pool"}, "bvlc_googlenet": {"lrn_forward", "max_pool"},
+              "places365_vgg16": {"max_pool", "winograd_input"}, "resnet50": {"max_pool"}}
+
+
+@pytest.mark.parametrize("name", sorted(PRODUCTION))
+def test_inference_path_is_caffes(name, monkeypatch):
+    from caffecam.engine.fold import fold_batchnorm
+    from caffecam.engine.kernels import cpu_loops
+    if cpu_loops._load() is False:
+        pytest.skip("numba is not installed")
+    ran = set()
+    for loop in ("lrn_forward", "max_pool", "winograd_input"):
+        real = getattr(cpu_loops, loop)
+        monkeypatch.setattr(cpu_loops, loop, lambda *a, _real=real, _name=loop, **k: ran.add(_name) or _real(*a, **k))
+    g = golden(name)
+    net = Net(read_net(ZOO / f"{name}.prototxt"), TEST, input_shapes={g["input"]: g["input_shape"]})
+    with torch.no_grad():
+        for lp, layer in zip(net.layer_params, net.layers):
+            for i, blob in enumerate(layer.blobs):
+                blob.copy_(torch.from_numpy(zw.blob_values(lp.type, lp.name, i, tuple(blob.shape),
+                                                           g["bn_factor"].get(lp.name))))
+    net.to(memory_format=torch.channels_last)
+    fold_batchnorm(net, keep=set(g["outputs"]) | set(g["spots"]))
+    x = torch.from_numpy(zw.net_input(tuple(g["input_shape"]))).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        blobs = net.forward(x)
+    errors = spot_errors(g, blobs)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < (TOL_BN if g["bn_factor"] else TOL), (worst, errors[worst])
+    assert PRODUCTION[name] <= ran, ran
