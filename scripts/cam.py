@@ -8,14 +8,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import re
 
-from caffecam.allocator import keep_freed_memory
-from caffecam.cam.localize import parse_thresholds, read_boxes
-from caffecam.cam.pipeline import add_model_args, check_model_args, model_from_args, report_localization, run_cam
-from caffecam.cam.report import ReportWriter
-from caffecam.cam.shards import from_group
-from caffecam.data.images import LIST_EXTS, collect_inputs
+# Only what parsing needs is imported here (no torch): --help and option errors come at once. The rest in main().
+from caffecam.cam.options import add_model_args, check_model_args
 from caffecam.errors import CaffeCamError, main_guard, rank_zero_speaks
-from caffecam.train import distributed
 
 AUTO_MODEL = "prototxt/googlenet_cam_deploy.prototxt"
 AUTO_SNAPSHOTS = "snapshots"
@@ -99,6 +94,13 @@ def main(argv=None):
     if args.auto:
         resolve_auto(args)
     check_model_args(args, " (or --auto)")
+    from caffecam.allocator import keep_freed_memory
+    from caffecam.cam.localize import parse_thresholds, read_boxes
+    from caffecam.cam.pipeline import model_from_args, report_localization, run_cam
+    from caffecam.cam.report import ReportWriter
+    from caffecam.cam.shards import from_group
+    from caffecam.data.images import LIST_EXTS, collect_inputs
+    from caffecam.train import distributed
     keep_freed_memory()
     if not args.inputs:
         raise CaffeCamError("no INPUT given: name image files, folders or list files")

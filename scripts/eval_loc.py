@@ -8,19 +8,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 
-from caffecam.allocator import keep_freed_memory
-from caffecam.cam.localize import parse_thresholds, read_boxes
-from caffecam.cam.pipeline import (
-    add_model_args,
-    check_model_args,
-    evaluate_localization,
-    model_from_args,
-    report_localization,
-)
-from caffecam.cam.shards import from_group
-from caffecam.data.images import read_list_file
+# Only what parsing needs is imported here (no torch): --help and option errors come at once. The rest in main().
+from caffecam.cam.options import add_model_args, check_model_args
 from caffecam.errors import CaffeCamError, main_guard, rank_zero_speaks
-from caffecam.train import distributed
 
 
 def build_parser():
@@ -44,6 +34,12 @@ def main(argv=None):
     rank_zero_speaks()  # under torchrun: an option error once, not once per rank
     args = build_parser().parse_args(argv)
     check_model_args(args)
+    from caffecam.allocator import keep_freed_memory
+    from caffecam.cam.localize import parse_thresholds, read_boxes
+    from caffecam.cam.pipeline import evaluate_localization, model_from_args, report_localization
+    from caffecam.cam.shards import from_group
+    from caffecam.data.images import read_list_file
+    from caffecam.train import distributed
     keep_freed_memory()
     if args.json and Path(args.json).is_dir():
         raise CaffeCamError(f"--json {args.json}: is a folder; give a file name such as {Path(args.json) / 'loc.json'}")

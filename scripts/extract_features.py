@@ -9,22 +9,11 @@ import argparse
 
 import numpy as np
 
+# Only what parsing and the option checks need is imported here (no torch): --help and option errors come at once.
+# The engine in main().
 from caffecam.allocator import keep_freed_memory
-from caffecam.cam.features import (
-    array_batches,
-    batch_count,
-    check_blobs,
-    extract,
-    image_batches,
-    image_input,
-    save_features,
-)
 from caffecam.data.images import collect_inputs
 from caffecam.data.net_input import NetInput, add_input_args, input_options, load_npy
-from caffecam.engine import precision
-from caffecam.engine.net import TEST, Net
-from caffecam.engine.prototxt import read_net
-from caffecam.engine.weights import copy_weights, layers_with_blobs, read_caffemodel
 from caffecam.errors import CaffeCamError, main_guard
 
 
@@ -80,6 +69,19 @@ def main(argv=None):
     blobs = [b.strip() for b in args.blobs.split(",") if b.strip()]
     if not blobs:
         raise CaffeCamError("--blobs: give at least one blob name")
+    from caffecam.cam.features import (
+        array_batches,
+        batch_count,
+        check_blobs,
+        extract,
+        image_batches,
+        image_input,
+        save_features,
+    )
+    from caffecam.engine import precision
+    from caffecam.engine.net import TEST, Net
+    from caffecam.engine.prototxt import read_net
+    from caffecam.engine.weights import copy_weights, layers_with_blobs, read_caffemodel
     keep_freed_memory()
     net_param = read_net(args.model)
     net = Net(net_param, TEST, meta=True)  # the shapes, to check the request: nothing allocated yet

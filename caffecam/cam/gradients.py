@@ -28,12 +28,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from caffecam.cam.options import METHODS, TITLES
 from caffecam.cam.pairs import NoCamPair, find_cam_layers
 from caffecam.errors import CaffeCamError, net_label
 
-TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM",
-          "layercam": "Layer-CAM", "scorecam": "Score-CAM"}
-METHODS = tuple(TITLES)
 GRADIENT_METHODS = METHODS[1:]
 
 

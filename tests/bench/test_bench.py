@@ -230,9 +230,16 @@ def test_train_step_applies_caffe_sgd():
     """One step with lr 0.001, momentum 0.9, weight decay 5e-4 from zero history: w1 = w0 − lr·lr_mult·(g + wd·w0)."""
     step = training.TrainStep(3, 8, 64, 2)
     w0 = {name: p.detach().clone() for name, p in step.net.named_parameters()}
-    step.net.loss(step.net(step.inputs)).backward()  # the gradient, taken apart from the step
-    grads = {name: p.grad.clone() for name, p in step.net.named_parameters()}
-    step()
+    # One thread: the gradient is computed twice and must be the same floats both times. With two threads, under
+    # load, conv1's weight gradient once came out summed in another order (1.7e-4 apart in one value of 1,176).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        step.net.loss(step.net(step.inputs)).backward()  # the gradient, taken apart from the step
+        grads = {name: p.grad.clone() for name, p in step.net.named_parameters()}
+        step()
+    finally:
+        torch.set_num_threads(threads)
     specs = {id(p): (lr, decay) for _, _, p, lr, decay in step.net.param_specs()}
     for name, p in step.net.named_parameters():
         lr_mult, decay_mult = specs[id(p)]

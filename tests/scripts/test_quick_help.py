@@ -1,0 +1,38 @@
+"""cam.py, eval_loc.py and extract_features.py answer --help and refuse a bad option without importing torch (which
+takes over a second): each runs here with `torch` made unimportable."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NO_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = [sys.argv[1]] + sys.argv[2:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def run_without_torch(script, *args):
+    return subprocess.run([sys.executable, "-c", NO_TORCH, str(ROOT / "scripts" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("script", ["cam.py", "eval_loc.py", "extract_features.py"])
+def test_help_without_torch(script):
+    out = run_without_torch(script, "--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"usage: {script}") and "--model" in out.stdout
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("cam.py", ["photo.jpg"], "give --model DEPLOY.prototxt and --weights W.caffemodel"),
+    ("eval_loc.py", ["--list", "l.txt", "--boxes", "b.csv", "--model", "m", "--weights", "w", "--batch-size", "0"],
+     "--batch-size 0: must be at least 1"),
+    ("extract_features.py", ["--model", "m", "--weights", "w", "--blobs", "fc", "--out", "f.npz", "--batch-size", "0",
+                             "x.jpg"],
+     "--batch-size 0: must be at least 1"),
+])
+def test_option_errors_without_torch(script, args, message):
+    out = run_without_torch(script, *args)
+    assert out.returncode != 0
+    assert message in out.stderr and "Traceback" not in out.stderr
