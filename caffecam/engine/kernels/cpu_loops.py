@@ -9,8 +9,9 @@ exactly the operations of the PyTorch path in the same order (float32, no fast-m
 multiply-add), so the two paths agree to float32 rounding of sqrt and division (LRN: 2e-7), or bit for bit where
 there are only additions (Winograd's transforms).
 
-`enabled(x)` says whether a tensor can take them: on the CPU, float32 or bfloat16, channels_last; not when
-CAFFECAM_LOOPS=0 (the PyTorch path everywhere, for comparison) or where numba cannot be imported.
+`enabled(x)` says whether a tensor can take them: on the CPU, float32 or bfloat16, channels_last, at least
+MIN_ELEMENTS values; not when CAFFECAM_LOOPS=0 (the PyTorch path everywhere, for comparison) or where numba cannot
+be imported.
 The first call compiles each loop (about a second), then numba's cache under __pycache__ keeps it.
 """
 
@@ -34,9 +35,16 @@ def _load():
     return _numba
 
 
+# Tensors smaller than this take the PyTorch path: importing numba and loading its cached loops costs a process
+# about 0.5 s, more than the loops save on small work (cam.py on one photo: 2.05 s with them, 1.5 s without).
+# GoogLeNet's norm2 at batch 1 has 0.6 M values; at batch 16, 9.6 M.
+MIN_ELEMENTS = 1 << 20
+
+
 def enabled(x):
     return (ENABLED and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4
-            and x.is_contiguous(memory_format=torch.channels_last) and _load() is not False)
+            and x.numel() >= MIN_ELEMENTS and x.is_contiguous(memory_format=torch.channels_last)
+            and _load() is not False)
 
 
 def _rows(t):

@@ -16,6 +16,13 @@ pytestmark = pytest.mark.skipif(cpu_loops._load() is False, reason="numba is not
 
 CL = torch.channels_last
 
+
+@pytest.fixture(autouse=True)
+def small_tensors_take_the_loops(monkeypatch):
+    """The tests' tensors are small: let them take the loops (the scripts leave tensors under MIN_ELEMENTS to
+    PyTorch, so that a small job does not import numba)."""
+    monkeypatch.setattr(cpu_loops, "MIN_ELEMENTS", 0)
+
 GEOMETRIES = [  # input (h, w), kernel, stride, pad, ceil
     ((112, 112), (3, 3), (2, 2), (0, 0), True),  # GoogLeNet's pool1
     ((28, 28), (3, 3), (1, 1), (1, 1), True),  # an inception's pool
@@ -139,6 +146,8 @@ def test_lrn_loops_in_bfloat16_round_once():
 
 
 def test_which_tensors_take_the_loops(monkeypatch):
+    monkeypatch.setattr(cpu_loops, "MIN_ELEMENTS", 36)
+    assert not cpu_loops.enabled(torch.zeros(1, 4, 3, 2).contiguous(memory_format=CL))  # 24 values
     x = torch.zeros(1, 4, 3, 3)
     assert cpu_loops.enabled(x.contiguous(memory_format=CL))
     assert not cpu_loops.enabled(x)  # NCHW
@@ -146,3 +155,19 @@ def test_which_tensors_take_the_loops(monkeypatch):
     assert not cpu_loops.enabled(torch.zeros(2, 3))
     monkeypatch.setattr(cpu_loops, "ENABLED", False)  # CAFFECAM_LOOPS=0
     assert not cpu_loops.enabled(x.contiguous(memory_format=CL))
+
+
+def test_a_small_net_never_imports_numba():
+    """A forward whose tensors are all under MIN_ELEMENTS (one small image) runs without importing numba."""
+    import subprocess
+    import sys
+    code = ("import sys, torch\n"
+            "from caffecam.engine.kernels.lrn import lrn_across\n"
+            "from caffecam.engine.kernels.pool_geometry import caffe_pool\n"
+            "x = torch.rand(1, 64, 56, 56).contiguous(memory_format=torch.channels_last)\n"
+            "with torch.inference_mode():\n"
+            "    caffe_pool(lrn_across(x, 5, 1e-4, 0.75, 1.0), (3, 3), (2, 2), (0, 0), True, True)\n"
+            "print('numba' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
