@@ -26,7 +26,6 @@ from caffecam.cam.localize import (
     read_boxes,
 )
 from caffecam.cam.maps import CamModel, upsample_maps
-from caffecam.cam.options import add_model_args, check_model_args  # noqa: F401 (the scripts' options, here before)
 from caffecam.cam.shards import merge
 from caffecam.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, InputItem, load_image, output_stems
 from caffecam.data.net_input import input_options

@@ -41,19 +41,18 @@ def _load():
 MIN_ELEMENTS = 1 << 20
 
 
+def _usable(t, dtypes):
+    return ENABLED and t.device.type == "cpu" and t.dtype in dtypes and _load() is not False
+
+
 def enabled(x):
-    return (ENABLED and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4
-            and x.numel() >= MIN_ELEMENTS and x.is_contiguous(memory_format=torch.channels_last)
-            and _load() is not False)
+    return (x.dim() == 4 and x.numel() >= MIN_ELEMENTS and x.is_contiguous(memory_format=torch.channels_last)
+            and _usable(x, (torch.float32, torch.bfloat16)))
 
 
 def _rows(t):
     """N×C×H×W channels_last float32 tensor -> its (N·H·W)×C NumPy view (no copy)."""
     return t.detach().permute(0, 2, 3, 1).reshape(-1, t.shape[1]).numpy()
-
-
-def _float_channels_last(t):
-    return t.float().contiguous(memory_format=torch.channels_last)
 
 
 def _threads():
@@ -75,8 +74,8 @@ def lrn_backward(x, scale, dy, size, alpha, beta):
     """dx of cross-channel LRN from x, the forward's scale and dy (all float32 channels_last)."""
     loops = _threads()
     dx = torch.empty_like(x, memory_format=torch.channels_last)
-    loops.lrn_backward(_rows(x), _rows(scale), _rows(_float_channels_last(dy)), size, beta,
-                       -2.0 * alpha * beta / size, _rows(dx))
+    dy = dy.float().contiguous(memory_format=torch.channels_last)
+    loops.lrn_backward(_rows(x), _rows(scale), _rows(dy), size, beta, -2.0 * alpha * beta / size, _rows(dx))
     return dx
 
 
@@ -100,7 +99,7 @@ def max_pool(x, kernel, stride, pad, out, with_index=False):
 def winograd_ready(t):
     """Whether winograd.py's transforms of t run as compiled loops (one pass each; the PyTorch composition makes
     about 20 and took 30-45% of a GoogLeNet-CAM training step)."""
-    return ENABLED and t.device.type == "cpu" and t.dtype == torch.float32 and _load() is not False
+    return _usable(t, (torch.float32,))
 
 
 def winograd_input(xh, th, tw):

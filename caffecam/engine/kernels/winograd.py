@@ -86,11 +86,12 @@ def _filter_transform_adjoint(gu):
     return g.permute(0, 3, 1, 2)
 
 
-def _output_transform(m, n, th, tw, h, w, bias=None):
+def _output_transform(m, n, th, tw, h, w, bias=None, relu=False):
     """(16, N·th·tw, K) -> N×K×H×W in channels_last memory (a tensor of its own, not a view, so that an in-place
-    ReLU may follow): Aᵀ m A per tile, Aᵀ rows (m0 + m1 + m2, m1 − m2 − m3), plus the bias."""
+    ReLU may follow): Aᵀ m A per tile, Aᵀ rows (m0 + m1 + m2, m1 − m2 − m3), plus the bias, then max(·, 0) with
+    `relu` (inside the compiled loop's pass)."""
     if cpu_loops.winograd_ready(m):
-        return cpu_loops.winograd_output(m, n, th, tw, h, w, bias)
+        return cpu_loops.winograd_output(m, n, th, tw, h, w, bias, relu)
     k = m.shape[-1]
     m = m.view(4, 4, n, th, tw, k)
     rows = m.new_empty((2, 4, n, th, tw, k))
@@ -103,6 +104,8 @@ def _output_transform(m, n, th, tw, h, w, bias=None):
         torch.sub(rows[i, 1], rows[i, 2], out=y[:, :, i, :, 1]).sub_(rows[i, 3])
     if bias is not None:
         y += bias
+    if relu:
+        out.relu_()
     # clone: a crop that happens to be channels_last-contiguous would come back from .contiguous() as a view
     return out if (h, w) == out.shape[2:] else out[:, :, :h, :w].clone(memory_format=torch.channels_last)
 
@@ -142,9 +145,7 @@ def _conv_nhwc(xh, u, groups=1, bias=None, relu=False):
         for g in range(groups):
             torch.bmm(v[:, :, g * cg:(g + 1) * cg], u[:, g * kg:(g + 1) * kg].transpose(1, 2),
                       out=m[:, :, g * kg:(g + 1) * kg])
-    if relu:  # inference only, with the compiled loops: the ReLU inside the output transform
-        return cpu_loops.winograd_output(m, n, th, tw, h, w, bias, relu=True), v
-    return _output_transform(m, n, th, tw, h, w, bias), v
+    return _output_transform(m, n, th, tw, h, w, bias, relu), v
 
 
 def _filter_grad_products(gm, v, groups):
@@ -215,9 +216,9 @@ def conv3x3_inference(x, weight, bias, groups, relu, holder):
     return _conv_nhwc(_nhwc(x), cached[2], groups, bias, relu)[0]
 
 
-def suits_inference(x, weight, stride, pad, dilation, group):
-    """suits(), and the compiled transforms at hand, for a forward alone."""
-    return cpu_loops.winograd_ready(x) and suits(x, weight, stride, pad, dilation, group)
+def pays_at_inference(x):
+    """Whether a layer that suits() also takes Winograd in a forward alone: only with the compiled transforms."""
+    return cpu_loops.winograd_ready(x)
 
 
 def suits(x, weight, stride, pad, dilation, group):

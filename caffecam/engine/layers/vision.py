@@ -115,7 +115,7 @@ class Convolution(ConvGeometry):
         if self.winograd_allowed and winograd.suits(x, weight, self.stride, self.pad, self.dilation, self.group):
             if torch.is_grad_enabled():
                 return self._post(winograd.conv3x3(x, weight, bias, self.group), relu, add)
-            if add is None and winograd.suits_inference(x, weight, self.stride, self.pad, self.dilation, self.group):
+            if add is None and winograd.pays_at_inference(x):
                 return winograd.conv3x3_inference(x, weight, bias, self.group, relu, self)
         if (relu or add is not None) and self._fused_post_ops_run(x, weight, add):
             geometry = list(self.pad), list(self.stride), list(self.dilation), self.group
