@@ -94,6 +94,20 @@ def max_pool_with_mask(x, kernel, stride, pad, ceil=True):
     return top, mask
 
 
+def max_pool_backward(dy, mask, hw):
+    """pooling_layer.cpp's MAX backward, loop for loop: bottom_diff zeroed, then for each output in scan order
+    bottom_diff[mask] += top_diff (float32 sums in that order); a −1 mask adds nothing."""
+    n, c, oh, ow = dy.shape
+    dx = np.zeros((n, c, hw[0] * hw[1]), np.float32)
+    nn, cc = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
+    for i in range(oh):
+        for j in range(ow):
+            m, g = mask[:, :, i, j], dy[:, :, i, j]
+            hit = m >= 0  # within one output, each (n, c) plane gets one addition: no repeated index
+            dx[nn[hit], cc[hit], m[hit]] += g[hit]
+    return dx.reshape(n, c, hw[0], hw[1])
+
+
 def lrn_across(x, size, alpha, beta, k):
     """y = x · (k + alpha/size · Σ x² over the `size` channels centred on c, zero beyond the edges)^(−beta)."""
     n, c = x.shape[:2]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from caffecam.engine.kernels import cpu_loops
 from caffecam.engine.layers import LAYER_TYPES
 from caffecam.engine.prototxt import parse_text
 from caffecam.proto import caffe_pb2
@@ -38,6 +39,26 @@ class ReplayFeed:
 
 @pytest.mark.parametrize("run", RUNS)
 def test_training_matches_caffe(run):
+    check_run(run, channels_last=False)
+
+
+def test_training_matches_caffe_in_the_compiled_loops(monkeypatch):
+    """The scripts' CPU training path: channels_last, where plain_conv's LRN and MAX pooling (forward and
+    backward) run in the compiled loops; the test's tensors are small, so the size threshold is lifted."""
+    if cpu_loops._load() is False:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(cpu_loops, "MIN_ELEMENTS", 0)
+    calls = []
+    for name in ("max_pool", "max_pool_backward", "lrn_forward", "lrn_backward"):
+        def counted(*a, _f=getattr(cpu_loops, name), _name=name, **k):
+            calls.append(_name)
+            return _f(*a, **k)
+        monkeypatch.setattr(cpu_loops, name, counted)
+    check_run("plain_conv", channels_last=True)
+    assert {"max_pool", "max_pool_backward", "lrn_forward", "lrn_backward"} <= set(calls)
+
+
+def check_run(run, channels_last):
     rec = load(TRAINING / f"{run}.npz")
     net_param = parse_text(str(rec["net"]), caffe_pb2.NetParameter)
     missing = sorted({lp.type for lp in net_param.layer} - set(LAYER_TYPES))
@@ -46,7 +67,7 @@ def test_training_matches_caffe(run):
     sp.net_param.CopyFrom(net_param)
     data = {k[len("data/"):]: v for k, v in rec.items() if k.startswith("data/")}
     feeds = [ReplayFeed(data)] if data else []  # none for a net fed by DummyData
-    solver = Solver(sp, "solver.prototxt", "cpu", None, feeds=lambda *a: feeds, channels_last=False)
+    solver = Solver(sp, "solver.prototxt", "cpu", None, feeds=lambda *a: feeds, channels_last=channels_last)
     layers = [str(name) for name in rec["layers"]]
     assert list(solver.net.params) == layers
     with torch.no_grad():

@@ -169,6 +169,39 @@ def max_pool(x, n, h, w, kernel, stride, pad, out, top, arg):
               arg if want else np.empty((1, 1), np.int32), want)
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _max_pool_backward(dy, arg, n, h, w, kh, kw, sh, sw, ph, pw, oh, ow, dx):
+    """dx (N·H·W, C) rows: each input cell gathers the gradients of the windows whose maximum it was (arg), taking
+    the windows in scan order. That is the order in which pooling_layer.cpp's backward adds them (`bottom_diff[
+    mask[index]] += top_diff[index]` over ph, then pw, into a zeroed bottom_diff), so the sums are the same floats,
+    without the zero fill and the scatter. Output row r's window holds input row y when r·sh − ph ≤ y < r·sh − ph
+    + kh; a window with no input (arg −1) matches no cell."""
+    channels = dy.shape[1]
+    for task in prange(n * h):
+        image, y = task // h, task % h
+        r0, r1 = max(0, (y + ph - kh) // sh + 1), min(oh - 1, (y + ph) // sh)
+        acc = np.empty(channels, np.float32)
+        for x in range(w):
+            q0, q1 = max(0, (x + pw - kw) // sw + 1), min(ow - 1, (x + pw) // sw)
+            index = np.int32(y * w + x)
+            for c in range(channels):
+                acc[c] = 0
+            for r in range(r0, r1 + 1):
+                for q in range(q0, q1 + 1):
+                    o = (image * oh + r) * ow + q
+                    for c in range(channels):
+                        g = dy[o, c]
+                        acc[c] = acc[c] + g if arg[o, c] == index else acc[c]
+            row = (image * h + y) * w + x
+            for c in range(channels):
+                dx[row, c] = acc[c]
+
+
+def max_pool_backward(dy, arg, n, h, w, kernel, stride, pad, out, dx):
+    _max_pool_backward(dy, arg, n, h, w, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], out[0], out[1],
+                       dx)
+
+
 
 # ---- Winograd F(2×2, 3×3) transforms (winograd.py has the formulas; the same operations in the same order) ----
 

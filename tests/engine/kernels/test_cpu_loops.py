@@ -1,6 +1,7 @@
-"""The compiled CPU loops (caffecam.engine.kernels.cpu_loops): MAX pooling at inference against pooling_layer.cpp
-written out in NumPy (values, Caffe's mask, ties, NaN, empty windows, bfloat16), cross-channel LRN forward and
-backward against the float64 reference and Caffe's closed-form gradient, and which tensors take them."""
+"""The compiled CPU loops (caffecam.engine.kernels.cpu_loops): MAX pooling, forward and backward, against
+pooling_layer.cpp written out in NumPy (values, Caffe's mask, ties, NaN, empty windows, bfloat16, gradients),
+cross-channel LRN forward and backward against the float64 reference and Caffe's closed-form gradient, and which
+tensors take them."""
 
 import numpy as np
 import pytest
@@ -101,10 +102,42 @@ def test_max_pool_bfloat16_is_the_rounded_float32_result():
     np.testing.assert_array_equal(top.float().numpy(), top_ref)
 
 
-def test_max_pool_with_a_gradient_keeps_pytorch_pooling():
+@pytest.mark.parametrize("hw,kernel,stride,pad,ceil", GEOMETRIES)
+@pytest.mark.parametrize("channels", [3, 70])
+def test_max_pool_gradient_matches_caffe_loop_for_loop(hw, kernel, stride, pad, ceil, channels):
+    """Training: the top as at inference, and the gradient of pooling_layer.cpp's backward (each top gradient added
+    into a zeroed bottom_diff at its mask, outputs in scan order), equal to the last bit; ties in most windows."""
+    x = tied((2, channels) + hw, seed=channels + hw[1])
+    top_ref, mask_ref = ref.max_pool_with_mask(x, kernel, stride, pad, ceil)
+    dy = np.random.default_rng(channels).standard_normal(top_ref.shape).astype(np.float32)
+    t = channels_last(x).requires_grad_()
+    top = caffe_pool(t, kernel, stride, pad, ceil, True)
+    assert type(top.grad_fn).__name__ == "_LoopsMaxPoolBackward"
+    np.testing.assert_array_equal(top.detach().numpy(), top_ref)
+    top.backward(torch.from_numpy(dy))
+    np.testing.assert_array_equal(t.grad.numpy(), ref.max_pool_backward(dy, mask_ref, hw))
+
+
+def test_max_pool_gradient_hand_checked():
+    """A 4×4 plane pooled 3×3 stride 1: the 9 at (1, 1) is the maximum of all four windows, so it gathers their
+    gradients 1 + 2 + 3 + 4; every other cell gets 0."""
+    plane = np.zeros((4, 4), np.float32)
+    plane[1, 1] = 9
+    t = channels_last(plane[None, None]).requires_grad_()
+    top = caffe_pool(t, (3, 3), (1, 1), (0, 0), True, True)
+    top.backward(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]))
+    expect = np.zeros((4, 4), np.float32)
+    expect[1, 1] = 10
+    np.testing.assert_array_equal(t.grad[0, 0].numpy(), expect)
+
+
+def test_which_poolings_with_a_gradient_keep_pytorch():
+    """bfloat16 (slower in the loops under autocast) and the mask top keep PyTorch's pooling in training."""
     x = channels_last(tied((1, 4, 6, 6), seed=1)).requires_grad_()
-    y = caffe_pool(x, (3, 3), (2, 2), (0, 0), True, True)
-    assert y.grad_fn is not None and "MaxPool2DWithIndices" in type(y.grad_fn).__name__
+    y = caffe_pool(x.bfloat16(), (3, 3), (2, 2), (0, 0), True, True)
+    assert "MaxPool2DWithIndices" in type(y.grad_fn).__name__
+    top, mask = caffe_max_pool_with_mask(x, (3, 3), (2, 2), (0, 0), True)
+    assert "MaxPool2DWithIndices" in type(top.grad_fn).__name__
 
 
 @pytest.mark.parametrize("channels,size,alpha,beta,k", [(200, 5, 1e-4, 0.75, 1.0), (64, 5, 0.8, 0.75, 2.0),
