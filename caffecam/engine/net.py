@@ -47,6 +47,36 @@ def _float32_layers(layer_params):
     return out
 
 
+def _relu_pool_pairs(layer_params, layers):
+    """{i: j} where the in-place ReLU i (slope 0) has one reader of its top, the one-top MAX Pooling j. There the
+    pooling's backward can do the ReLU's as well (Net.forward): a gradient reaches only each window's maximum, and
+    ReLU's backward keeps it where that maximum is above 0. That saves a pass over the largest blobs (GoogLeNet's
+    and AlexNet's conv1: reading the gradient and the top, writing the result)."""
+    pairs = {}
+    for i, (lp, layer) in enumerate(zip(layer_params, layers)):
+        if lp.type != "ReLU" or not layer.inplace or layer.slope != 0:
+            continue
+        readers = []
+        for j in range(i + 1, len(layer_params)):
+            if lp.top[0] in layer_params[j].bottom:
+                readers.append(j)
+            if lp.top[0] in layer_params[j].top:
+                break
+        pool = layer_params[readers[0]] if len(readers) == 1 else None
+        if pool is not None and pool.type == "Pooling" and pool.pooling_param.pool == caffe_pb2.PoolingParameter.MAX \
+                and len(pool.top) == 1 and len(pool.bottom) == 1:
+            pairs[i] = readers[0]
+    return pairs
+
+
+def _hooked(relu, pool):
+    """Whether a forward hook could put another tensor between the ReLU and the pooling (cam/gradients.leaf_blob
+    swaps in a leaf; a hook may compute from the ReLU's output): the ReLU then records its own backward."""
+    from torch.nn.modules import module  # the global hooks have no public accessor
+    return bool(relu._forward_hooks or pool._forward_pre_hooks or module._global_forward_hooks
+                or module._global_forward_pre_hooks)
+
+
 def data_layer_shapes(lp):
     """Top shapes of a Data/ImageData layer from its own parameters, or None when only the data can tell."""
     if lp.type == "HDF5Data":
@@ -155,6 +185,8 @@ class Net(nn.Module):
         self.output_blobs = sorted(available - set(self.input_blobs))
         self.param_specs()  # a shared parameter given two different lr_mult/decay_mult values is an error now
         self._float32 = _float32_layers(self.layer_params)
+        self._relu_into_pool = _relu_pool_pairs(self.layer_params, self.layers)
+        self._pools_after_relu = set(self._relu_into_pool.values())
         self.fold = None  # engine/fold.py's FoldPlan once fold_batchnorm(net) was called: inference only
         if not meta:
             memory.check_fits(self)
@@ -255,6 +287,9 @@ class Net(nn.Module):
             raise CaffeCamError(f"{net_label(self.name)}: input blob '{missing[0]}' was not given")
         blobs = dict(inputs)
         fold = self.fold if self.fold is not None and self.fold.applies(end) else None
+        last = len(self.layers) if end is None else next(
+            i for i, lp in enumerate(self.layer_params) if lp.name == end)
+        folded = {}  # pooling index -> the tensor its ReLU wrote without recording a backward (_relu_pool_pairs)
         for i, (lp, layer) in enumerate(zip(self.layer_params, self.layers)):
             if fold is not None and (i in fold.groups or i in fold.skipped):
                 if i in fold.groups:  # the Convolution of a folded group writes the group's output (engine/fold.py)
@@ -269,6 +304,14 @@ class Net(nn.Module):
                     raise CaffeCamError(f"input blob '{missing[0]}' of layer '{lp.name}' was not given")
                 continue
             bottoms = [blobs[b] for b in lp.bottom]
+            if i in self._relu_into_pool:
+                j = self._relu_into_pool[i]
+                layer.untracked = j <= last and not _hooked(layer, self.layers[j]) and \
+                    self.layers[j].trains_after_relu(bottoms[0])
+                if layer.untracked:
+                    folded[j] = bottoms[0]  # in place: the ReLU's own output
+            elif i in self._pools_after_relu:
+                layer.after_relu = i in folded and bottoms[0] is folded.pop(i)
             where = bottoms[0].device.type if bottoms else None
             if i in self._float32 and where and torch.is_autocast_enabled(where):
                 with torch.autocast(where, enabled=False):

@@ -594,6 +594,31 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
 """)
 
 
+# In-place ReLUs read only by a MAX pooling (GoogLeNet's and AlexNet's conv1 -> relu -> pool1), whose backward
+# caffecam folds into the pooling's: biases below 0 leave whole windows at 0 (ties: the gradient goes to the first
+# cell, then ReLU's backward drops it); pool1's last window lies partly past the edge (10 -> 5 with CEIL).
+TRAINING["relu_pool"] = dict(
+    inputs={"data": (4, 3, 10, 10), "label": (4,)}, label_kinds={"label": "lab:3"}, iters=10,
+    solver='base_lr: 0.05 momentum: 0.9 weight_decay: 0.005 lr_policy: "fixed"',
+    net="""
+layer { name: "input" type: "Input" top: "data" top: "label" input_param { shape { dim: 4 dim: 3 dim: 10 dim: 10 }
+  shape { dim: 4 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 6 kernel_size: 3
+  pad: 1 weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "constant" value: -0.4 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3
+  stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2" convolution_param { num_output: 5
+  kernel_size: 1 weight_filler { type: "gaussian" std: 0.4 } bias_filler { type: "constant" value: -0.2 } } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2" pooling_param { pool: MAX kernel_size: 3
+  stride: 1 pad: 1 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool2" top: "fc" inner_product_param { num_output: 3
+  weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+""")
+
+
 def record_training(caffe, name, spec):
     rng = rng_for("training", name)
     caffe.set_random_seed(1701)  # the fillers; the initial weights are recorded anyway

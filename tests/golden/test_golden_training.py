@@ -42,20 +42,27 @@ def test_training_matches_caffe(run):
     check_run(run, channels_last=False)
 
 
-def test_training_matches_caffe_in_the_compiled_loops(monkeypatch):
-    """The scripts' CPU training path: channels_last, where plain_conv's LRN and MAX pooling (forward and
-    backward) run in the compiled loops; the test's tensors are small, so the size threshold is lifted."""
+@pytest.mark.parametrize("run,loops", [
+    ("plain_conv", {"max_pool", "max_pool_backward", "lrn_forward", "lrn_backward"}),
+    ("relu_pool", {"max_pool after ReLU", "max_pool_backward"}),  # both ReLUs folded into their poolings
+])
+def test_training_matches_caffe_in_the_compiled_loops(monkeypatch, run, loops):
+    """The scripts' CPU training path: channels_last, where LRN and MAX pooling (forward and backward) run in the
+    compiled loops, and an in-place ReLU read only by a MAX pooling has its backward done by the pooling's; the
+    test's tensors are small, so the size threshold is lifted."""
     if cpu_loops._load() is False:
         pytest.skip("numba is not installed")
     monkeypatch.setattr(cpu_loops, "MIN_ELEMENTS", 0)
     calls = []
     for name in ("max_pool", "max_pool_backward", "lrn_forward", "lrn_backward"):
         def counted(*a, _f=getattr(cpu_loops, name), _name=name, **k):
-            calls.append(_name)
+            calls.append(_name + (" after ReLU" if k.get("positive_only") else ""))
             return _f(*a, **k)
         monkeypatch.setattr(cpu_loops, name, counted)
-    check_run("plain_conv", channels_last=True)
-    assert {"max_pool", "max_pool_backward", "lrn_forward", "lrn_backward"} <= set(calls)
+    check_run(run, channels_last=True)
+    assert loops <= set(calls)
+    if run == "relu_pool":
+        assert "max_pool" not in calls
 
 
 def check_run(run, channels_last):

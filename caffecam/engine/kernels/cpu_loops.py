@@ -79,17 +79,19 @@ def lrn_backward(x, scale, dy, size, alpha, beta):
     return dx
 
 
-def max_pool(x, kernel, stride, pad, out, with_index=False):
+def max_pool(x, kernel, stride, pad, out, with_index=False, positive_only=False):
     """Caffe's MAX pooling of a channels_last x, into `out` (h, w) windows (any geometry pool_geometry accepts):
     the top, and with with_index also Caffe's mask (the flat index in the input plane, −1 for an empty window) as
     int32. No gradient is recorded here (pool_geometry's autograd function pairs it with max_pool_backward).
-    GoogLeNet-CAM's poolings at batch 32, forward and backward: 92 ms against 130 for PyTorch's with indices."""
+    GoogLeNet-CAM's poolings at batch 32, forward and backward: 92 ms against 130 for PyTorch's with indices.
+    positive_only: the index is −1 also where the maximum is not above 0 (a ReLU's gradient folded in)."""
     n, c, h, w = x.shape
     xf = x.float()
     top = torch.empty((n, c) + tuple(out), memory_format=torch.channels_last)
     arg = torch.empty((n, c) + tuple(out), dtype=torch.int32, memory_format=torch.channels_last) if with_index \
         else None
-    _threads().max_pool(_rows(xf), n, h, w, kernel, stride, pad, out, _rows(top), _rows(arg) if with_index else None)
+    _threads().max_pool(_rows(xf), n, h, w, kernel, stride, pad, out, _rows(top), _rows(arg) if with_index else None,
+                        positive_only)
     top = top.to(x.dtype)
     return (top, arg) if with_index else top
 

@@ -127,9 +127,10 @@ def _window(o, stride, pad, kernel, size):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _max_pool(x, n, h, w, kh, kw, sh, sw, ph, pw, oh, ow, top, arg, want_arg):
+def _max_pool(x, n, h, w, kh, kw, sh, sw, ph, pw, oh, ow, top, arg, want_arg, positive_only):
     """Caffe's MAX pooling: the first maximum in scan order wins (a strict >, so NaN never does); arg gets its flat
-    index y·W + x in the input plane, −1 for a window with no input (the top keeps −FLT_MAX there)."""
+    index y·W + x in the input plane, −1 for a window with no input (the top keeps −FLT_MAX there), and with
+    positive_only also −1 where the maximum is not above 0 (the backward then passes that window nothing)."""
     channels = x.shape[1]
     for task in prange(n * oh):
         image, r = task // oh, task % oh
@@ -159,14 +160,18 @@ def _max_pool(x, n, h, w, kh, kw, sh, sw, ph, pw, oh, ow, top, arg, want_arg):
             for c in range(channels):
                 top[o, c] = best[c]
             if want_arg:
-                for c in range(channels):
-                    arg[o, c] = where[c]
+                if positive_only:
+                    for c in range(channels):
+                        arg[o, c] = where[c] if best[c] > 0 else -1
+                else:
+                    for c in range(channels):
+                        arg[o, c] = where[c]
 
 
-def max_pool(x, n, h, w, kernel, stride, pad, out, top, arg):
+def max_pool(x, n, h, w, kernel, stride, pad, out, top, arg, positive_only=False):
     want = arg is not None
     _max_pool(x, n, h, w, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], out[0], out[1], top,
-              arg if want else np.empty((1, 1), np.int32), want)
+              arg if want else np.empty((1, 1), np.int32), want, positive_only)
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -78,11 +78,13 @@ def explicit_pool(x, out, kernel, stride, pad, is_max):
 
 class _LoopsMaxPool(torch.autograd.Function):
     """MAX pooling in the compiled loops with a gradient: the forward keeps the int32 index of each maximum, the
-    backward gathers each input cell's gradient from it (cpu_loops.max_pool_backward)."""
+    backward gathers each input cell's gradient from it (cpu_loops.max_pool_backward). With after_relu, x is the
+    output of a ReLU whose own backward was not recorded (Net folds it in here): a window whose maximum is not above
+    0 passes no gradient, which is ReLU's backward (dx = dy where y > 0) on the only cells pooling sends any to."""
 
     @staticmethod
-    def forward(ctx, x, kernel, stride, pad, out):
-        top, arg = cpu_loops.max_pool(x, kernel, stride, pad, out, with_index=True)
+    def forward(ctx, x, kernel, stride, pad, out, after_relu):
+        top, arg = cpu_loops.max_pool(x, kernel, stride, pad, out, with_index=True, positive_only=after_relu)
         ctx.save_for_backward(arg)
         ctx.geometry = (tuple(x.shape[-2:]), kernel, stride, pad)
         return top
@@ -90,7 +92,7 @@ class _LoopsMaxPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         (arg,) = ctx.saved_tensors
-        return cpu_loops.max_pool_backward(dy, arg, *ctx.geometry), None, None, None, None
+        return cpu_loops.max_pool_backward(dy, arg, *ctx.geometry), None, None, None, None, None
 
 
 def _loops_suit(x, out, stride, pad):
@@ -105,16 +107,28 @@ def _loops_suit(x, out, stride, pad):
         (o - 1) * s - p < size for o, s, p, size in zip(out, stride, pad, x.shape[-2:]))
 
 
-def caffe_pool(x, kernel, stride, pad, ceil, is_max):
+def trains_in_loops(x, kernel, stride, pad, ceil):
+    """Whether caffe_pool(x, …, is_max=True) runs the compiled loops with a gradient, so that it can take
+    after_relu."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return False
+    return _loops_suit(x, pool_plan(tuple(x.shape[-2:]), kernel, stride, pad, ceil)[0], stride, pad)
+
+
+def caffe_pool(x, kernel, stride, pad, ceil, is_max, after_relu=False):
     """Caffe's MAX or AVE pooling of an N×C×H×W x: PyTorch's own pooling where it computes Caffe's result, the explicit
     form elsewhere; MAX on the CPU in compiled loops that follow pooling_layer.cpp directly (one pass, ×2-×3 faster
     than PyTorch's kernel on GoogLeNet's layers at inference, ×1.4 forward and backward in training). Arguments are
-    (h, w) tuples; the plan for each input size is worked out once (cached)."""
+    (h, w) tuples; the plan for each input size is worked out once (cached). after_relu: see _LoopsMaxPool; only
+    where trains_in_loops."""
     out, fast = pool_plan(tuple(x.shape[-2:]), kernel, stride, pad, ceil)
     if is_max and _loops_suit(x, out, stride, pad):
         if torch.is_grad_enabled() and x.requires_grad:
-            return _LoopsMaxPool.apply(x, kernel, stride, pad, out)
-        return cpu_loops.max_pool(x, kernel, stride, pad, out)
+            return _LoopsMaxPool.apply(x, kernel, stride, pad, out, after_relu)
+        if not after_relu:
+            return cpu_loops.max_pool(x, kernel, stride, pad, out)
+    if after_relu:
+        raise RuntimeError("caffe_pool: after_relu is only for pooling that trains_in_loops")
     if not fast:
         return explicit_pool(x, out, kernel, stride, pad, is_max)
     if is_max:

@@ -36,10 +36,15 @@ class ReLU(Neuron):
     def configure(self, lp, shape, gen):
         self.slope = lp.relu_param.negative_slope
         self.inplace = False  # set by Net where Caffe's in-place form is safe for autograd (see Net.__init__)
+        self.untracked = False  # set by Net for one forward: the MAX pooling after it does this backward (net.py)
 
     def forward(self, x):
         # y = max(x, 0) + slope · min(x, 0); Caffe's gradient at x = 0 is the slope (its test is x > 0).
         if self.slope == 0:
+            untracked, self.untracked = self.untracked, False  # for this call only
+            if untracked:
+                with torch.no_grad():
+                    return [F.relu_(x)]
             return [F.relu_(x) if self.inplace else F.relu(x)]
         return [F.leaky_relu(x, self.slope)]
 

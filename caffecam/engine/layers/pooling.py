@@ -2,7 +2,7 @@
 
 import torch
 
-from caffecam.engine.kernels.pool_geometry import caffe_max_pool_with_mask, caffe_pool, pool_plan
+from caffecam.engine.kernels.pool_geometry import caffe_max_pool_with_mask, caffe_pool, pool_plan, trains_in_loops
 from caffecam.engine.kernels.stochastic_pool import stochastic_pool
 from caffecam.engine.layers.base import Layer, register
 from caffecam.proto import caffe_pb2
@@ -23,11 +23,11 @@ class PoolingBase(Layer):
             self.fail(f"{what}kernel {kernel} does not fit the {hw[0]}×{hw[1]} input")
         return out
 
-    def pool(self, x, mode, kernel, stride, pad):
+    def pool(self, x, mode, kernel, stride, pad, after_relu=False):
         if mode == "STOCHASTIC":
             out = pool_plan(tuple(x.shape[-2:]), kernel, stride, pad, self.ceil)[0]
             return stochastic_pool(x, out, kernel, stride, train=self.phase == caffe_pb2.TRAIN)
-        return caffe_pool(x, kernel, stride, pad, self.ceil, mode == "MAX")
+        return caffe_pool(x, kernel, stride, pad, self.ceil, mode == "MAX", after_relu)
 
 
 @register()
@@ -62,17 +62,25 @@ class Pooling(PoolingBase):
             self.fail(f"{len(lp.top)} tops: {self.mode} pooling has one"
                       + (" (or two: the pooled values and the mask of their positions)" if self.mode == "MAX" else ""))
         top = (n, c) + self.check_geometry(self.mode, self.kernel, self.stride, self.pad, (h, w))
+        self.after_relu = False  # set by Net for one forward: x comes from a ReLU it folds in here (net.py)
         return [top, top] if self.with_mask else [top]
+
+    def _geometry(self, x):
+        # global_pooling: the kernel is whatever size the input has now (Caffe reshapes it on every forward)
+        if self.global_pooling:
+            return tuple(x.shape[-2:]), (1, 1), (0, 0)
+        return self.kernel, self.stride, self.pad
+
+    def trains_after_relu(self, x):
+        """Whether this layer can fold in the backward of the ReLU that wrote x (MAX, one top, the loops' path)."""
+        return self.mode == "MAX" and not self.with_mask and trains_in_loops(x, *self._geometry(x), self.ceil)
 
     def forward(self, x):
         if self.with_mask:
-            kernel = tuple(x.shape[-2:]) if self.global_pooling else self.kernel
-            top, mask = caffe_max_pool_with_mask(x, kernel, self.stride, self.pad, self.ceil)
+            top, mask = caffe_max_pool_with_mask(x, *self._geometry(x), self.ceil)
             return [top, mask]
-        if self.global_pooling:
-            # The kernel is whatever size the input has now (Caffe reshapes it on every forward).
-            return [self.pool(x, self.mode, tuple(x.shape[-2:]), (1, 1), (0, 0))]
-        return [self.pool(x, self.mode, self.kernel, self.stride, self.pad)]
+        after_relu, self.after_relu = self.after_relu, False  # for this call only
+        return [self.pool(x, self.mode, *self._geometry(x), after_relu)]
 
 
 def spp_level(level, h, w):
