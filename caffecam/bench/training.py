@@ -158,7 +158,7 @@ def pipeline_speed(spec, list_path, root, resize, steps, device, workers=None, w
     batch = spec["batch"]
     lp = image_data_layers(str(list_path), str(list_path), f"{root}/", resize, spec["input_size"], batch, batch)[0]
     workers = workers or default_workers()
-    feed = BatchFeed(lp, TRAIN, seed=1, workers=workers, pin_memory=cuda)
+    feed = BatchFeed(lp, TRAIN, seed=1, workers=workers, pin_memory=cuda, channels_last=True)
     sync = cuda_sync if cuda else (lambda: None)
     try:
         for _ in range(warmup):

@@ -39,8 +39,10 @@ class _BatchStream(torch.utils.data.Dataset):
     """Batch b of one rank -> {'data': float32 N×C×H×W, 'label': int64 (N,)}; errors come back as {'__error__': msg}
     so that a worker's CaffeCamError reaches the user as one line."""
 
-    def __init__(self, source, tp, phase, batch_size, shuffle, skip, seed, rank, world_size, tops, is_color):
+    def __init__(self, source, tp, phase, batch_size, shuffle, skip, seed, rank, world_size, tops, is_color,
+                 channels_last=False):
         self.source, self.tp, self.phase, self.batch_size = source, tp, phase, batch_size
+        self.channels_last = channels_last
         self.shuffle, self.skip, self.seed, self.rank, self.world_size = shuffle, skip, seed, rank, world_size
         self.tops, self.is_color = tops, is_color
         self.mean = load_mean(tp)
@@ -68,7 +70,7 @@ class _BatchStream(torch.utils.data.Dataset):
         return int(perm[j])
 
     def sample(self, q):
-        """(float32 C×H×W, label) at stream position q."""
+        """(float32 C×H×W, or H×W×C for channels_last batches, label) at stream position q."""
         i = self.item_index(q)
         img, label = self.source.load(i, self.is_color)
         where = self.source.where(i)
@@ -79,7 +81,7 @@ class _BatchStream(torch.utils.data.Dataset):
                                 "crop_size")
         random = self.tp.mirror or (self.tp.crop_size and self.phase == TRAIN)
         rng = _rng(self.seed, _SAMPLE, self.phase, q) if random else None
-        return transform(img, self.tp, self.phase, rng, self.mean, where=where), label
+        return transform(img, self.tp, self.phase, rng, self.mean, where=where, hwc=self.channels_last), label
 
     def __getitem__(self, b):
         try:
@@ -93,12 +95,15 @@ class _BatchStream(torch.utils.data.Dataset):
                         batch.share_memory_()  # filled in place: no copy when it is sent to the main process
                     data = batch.numpy()
                 elif x.shape != data.shape[1:]:
+                    chw = (lambda s: (s[2], s[0], s[1])) if self.channels_last else tuple
                     raise CaffeCamError(f"{self.source.where(self.item_index(g * self.batch_size + k))}: image "
-                                        f"gives a {x.shape} blob, the batch holds {data.shape[1:]}; resize the images")
+                                        f"gives a {chw(x.shape)} blob, the batch holds {chw(data.shape[1:])}; resize "
+                                        "the images")
                 data[k] = x
         except CaffeCamError as e:
             return {"__error__": str(e)}
-        out = {self.tops[0]: batch}
+        # channels_last: the N×H×W×C buffer seen as N×C×H×W (the tensor's strides travel with it between processes)
+        out = {self.tops[0]: batch.permute(0, 3, 1, 2) if self.channels_last else batch}
         if len(self.tops) > 1:
             out[self.tops[1]] = torch.from_numpy(labels)
         return out
@@ -127,10 +132,11 @@ class BatchFeed:
     data_param.prefetch), at least one per worker. `start_batch`: resume after that many batches of this rank.
     `seed` None or negative: a random seed (the run is then not reproducible). `max_pixels`: larger images are
     refused from their header, before decoding. `pin_memory`: page-locked batches, for a copy to a CUDA device.
+    `channels_last`: image batches in that memory (the workers write N×H×W×C; no transpose in the main process).
     """
 
     def __init__(self, lp, phase, seed=0, rank=0, world_size=1, workers=2, prefetch=4, start_batch=0,
-                 pin_memory=False, max_pixels=DEFAULT_MAX_PIXELS):
+                 pin_memory=False, max_pixels=DEFAULT_MAX_PIXELS, channels_last=False):
         where = f"layer '{lp.name}' ({lp.type})"
         if lp.type == "ImageData":
             p = lp.image_data_param
@@ -162,7 +168,7 @@ class BatchFeed:
         # Caffe's rand_skip: skip a random count in [0, rand_skip) of items at the start.
         skip = int(_rng(seed, _SKIP, phase).integers(p.rand_skip)) if p.rand_skip else 0
         self._stream = _BatchStream(source, lp.transform_param, phase, p.batch_size, shuffle, skip, seed, rank,
-                                    world_size, self.top_names, is_color)
+                                    world_size, self.top_names, is_color, channels_last)
         img, _ = source.load(0, is_color)
         check_transform_param(lp.transform_param, img.shape[2], where)
         self._stream.image_shape = img.shape

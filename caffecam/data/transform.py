@@ -89,8 +89,9 @@ def output_size(tp, height, width):
     return (tp.crop_size, tp.crop_size) if tp.crop_size else (height, width)
 
 
-def transform(img, tp, phase, rng=None, mean=None, where="image"):
-    """Caffe's DataTransformer on one H×W×C image -> float32 C×H×W.
+def transform(img, tp, phase, rng=None, mean=None, where="image", hwc=False):
+    """Caffe's DataTransformer on one H×W×C image -> float32 C×H×W (H×W×C with hwc: channels_last batches are
+    filled from it without a transpose; the values are the same).
 
     Order of random draws as in Caffe: mirror (only when tp.mirror, in either phase), then the crop's row offset,
     then its column offset (random in [0, H-crop] at TRAIN; (H-crop)//2 at TEST).
@@ -124,17 +125,17 @@ def transform(img, tp, phase, rng=None, mean=None, where="image"):
         else:
             h_off, w_off = (h - crop) // 2, (w - crop) // 2
         out_h = out_w = crop
-    x = img[h_off:h_off + out_h, w_off:w_off + out_w].transpose(2, 0, 1).astype(np.float32)
+    x = img[h_off:h_off + out_h, w_off:w_off + out_w].astype(np.float32)  # H×W×C
     if mean is not None:
         if mean.shape != (c, h, w):
             raise CaffeCamError(f"{where}: image is {c}x{h}x{w} (CxHxW) but the mean file {tp.mean_file} is "
                                 f"{'x'.join(map(str, mean.shape))}; Caffe needs the same size (resize the images or "
                                 "recompute the mean)")
-        x -= mean[:, h_off:h_off + out_h, w_off:w_off + out_w]
+        x -= mean[:, h_off:h_off + out_h, w_off:w_off + out_w].transpose(1, 2, 0)
     elif len(tp.mean_value):
-        x -= np.asarray(tp.mean_value, np.float32).reshape(-1, 1, 1)
+        x -= np.asarray(tp.mean_value, np.float32).reshape(1, 1, -1)
     if tp.scale != 1:
         x *= np.float32(tp.scale)
     if do_mirror:
-        x = np.ascontiguousarray(x[:, :, ::-1])
-    return x
+        x = x[:, ::-1]
+    return np.ascontiguousarray(x if hwc else x.transpose(2, 0, 1))

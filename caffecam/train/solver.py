@@ -67,7 +67,8 @@ class Solver:
         if group is not None and sp.random_seed < 0:
             self.seed = group.broadcast_int(self.seed)  # every rank must cut the same data stream
         self._feed_factory = feeds or solver_feeds.data_feeds(workers, max_pixels=max_pixels,
-                                                              pin_memory=self.device.type == "cuda")
+                                                              pin_memory=self.device.type == "cuda",
+                                                              channels_last=channels_last)
         self.iter, self.current_step, self.stop_requested, self.stopped = 0, 0, False, False
         self._last_snapshot, self.last_snapshot_path = None, None
         self.train_feeds, self.test_feeds, self.test_nets = [], [], []

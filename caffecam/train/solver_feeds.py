@@ -5,10 +5,10 @@ from caffecam.errors import CaffeCamError, net_label
 from caffecam.proto import caffe_pb2
 
 
-def data_feeds(workers=2, prefetch=4, max_pixels=None, pin_memory=False):
+def data_feeds(workers=2, prefetch=4, max_pixels=None, pin_memory=False, channels_last=False):
     """The default feed factory: caffecam.data.feeds' BatchFeeds of the net's Data/ImageData layers (images over
     max_pixels refused; None: the data package's default; pinned batches for a CUDA device only: pinning creates a
-    CUDA context)."""
+    CUDA context; channels_last: image batches made in that memory by the loader's workers)."""
 
     def factory(net_param, state, seed, rank, world_size, start_batch):
         from caffecam.data.feeds import make_feeds
@@ -16,7 +16,7 @@ def data_feeds(workers=2, prefetch=4, max_pixels=None, pin_memory=False):
         limit = {} if max_pixels is None else {"max_pixels": max_pixels}
         return make_feeds(net_param, state.phase, level=state.level, stages=tuple(state.stage), seed=seed, rank=rank,
                           world_size=world_size, workers=workers, prefetch=prefetch, start_batch=start_batch,
-                          pin_memory=pin_memory, **limit)
+                          pin_memory=pin_memory, channels_last=channels_last, **limit)
 
     return factory
 

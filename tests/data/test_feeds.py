@@ -155,6 +155,23 @@ def test_stream_is_the_same_for_any_worker_count_and_after_resume(tmp_path):
     assert not same(straight[:1], take(BatchFeed(lp, TRAIN, seed=4, workers=0), 1))
 
 
+def test_channels_last_batches_hold_the_same_values(tmp_path):
+    """channels_last=True: the workers fill N×H×W×C memory; the batch is the same N×C×H×W tensor in values, with
+    channels_last strides (so the Solver's channels_last conversion copies nothing), from workers or in-process."""
+    write_images(tmp_path, 7, h=12, w=12)
+    lp = image_layer(tmp_path, batch_size=3, shuffle=True,
+                     transform="crop_size: 8 mirror: true mean_value: 100 mean_value: 90 mean_value: 80 scale: 0.5")
+    plain = take(BatchFeed(lp, TRAIN, seed=3, workers=0), 5)
+    for workers in (0, 2):
+        with BatchFeed(lp, TRAIN, seed=3, workers=workers, channels_last=True) as feed:
+            got = take(feed, 5)
+        assert same(got, plain)
+        for batch in got:
+            assert batch["data"].shape == (3, 3, 8, 8)
+            assert batch["data"].is_contiguous(memory_format=torch.channels_last)
+            assert not batch["data"].is_contiguous()
+
+
 def test_ddp_ranks_take_interleaved_global_batches(tmp_path):
     write_images(tmp_path, 9)
     lp = image_layer(tmp_path, batch_size=2, shuffle=True, transform="mirror: true")

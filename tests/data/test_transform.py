@@ -90,6 +90,28 @@ def test_mirror_with_mean_file_subtracts_the_unmirrored_mean(tmp_path):
     assert 0 < flips < 40
 
 
+def test_hwc_layout_holds_the_same_values(tmp_path):
+    """hwc=True (channels_last batches): the element-by-element reference, transposed; TRAIN crop, mirror, mean
+    file and scale, and a mean value per channel."""
+    img = image(9, 11)
+    mean = np.random.default_rng(3).uniform(0, 255, (3, 9, 11)).astype(np.float32)
+    write_mean_binaryproto(tmp_path / "m.binaryproto", mean)
+    tp = tp_of(crop_size=6, mirror=True, mean_file=str(tmp_path / "m.binaryproto"), scale=0.5)
+    for seed in range(12):
+        chw = transform(img, tp, TRAIN, np.random.default_rng(seed))
+        hwc = transform(img, tp, TRAIN, np.random.default_rng(seed), hwc=True)
+        assert hwc.shape == (6, 6, 3) and hwc.flags.c_contiguous and chw.flags.c_contiguous
+        assert np.array_equal(hwc, chw.transpose(1, 2, 0))
+        rng = np.random.default_rng(seed)
+        flip = bool(rng.integers(2))
+        top, left = int(rng.integers(4)), int(rng.integers(6))
+        assert np.array_equal(chw, reference(img, top, left, 6, 6, mean, 0.5, flip))
+    tp = tp_of(mean_value=[10.5, 20.25, 30.0], scale=2.0)
+    expect = reference(img, 0, 0, 9, 11, np.broadcast_to(np.float32([10.5, 20.25, 30.0])[:, None, None], (3, 9, 11)),
+                       2.0)
+    assert np.array_equal(transform(img, tp, TEST, hwc=True), expect.transpose(1, 2, 0))
+
+
 def test_mean_file_and_image_sizes_must_match(tmp_path):
     write_mean_binaryproto(tmp_path / "m.binaryproto", np.zeros((3, 8, 8), np.float32))
     tp = tp_of(crop_size=8, mean_file=str(tmp_path / "m.binaryproto"))

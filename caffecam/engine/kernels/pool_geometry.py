@@ -107,6 +107,22 @@ def _loops_suit(x, out, stride, pad):
         (o - 1) * s - p < size for o, s, p, size in zip(out, stride, pad, x.shape[-2:]))
 
 
+class _WholeMean(torch.autograd.Function):
+    """AVE pooling whose one window is the whole unpadded input (global pooling; CAM_pool's 14/14 over 14×14).
+    The backward writes nothing: each cell's gradient is dy / (H·W), Caffe's `bottom_diff += top_diff / pool_size`
+    into a zeroed bottom_diff (pooling_layer.cpp), as a broadcast view. PyTorch's avg_pool2d_backward zero-fills,
+    adds and then copies to the input's memory format: 11 ms for GoogLeNet-CAM's CAM_pool at batch 32."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride):
+        ctx.shape = x.shape
+        return F.avg_pool2d(x, kernel, stride)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return (dy / (ctx.shape[-2] * ctx.shape[-1])).expand(ctx.shape), None, None
+
+
 def trains_in_loops(x, kernel, stride, pad, ceil):
     """Whether caffe_pool(x, …, is_max=True) runs the compiled loops with a gradient, so that it can take
     after_relu."""
@@ -131,6 +147,8 @@ def caffe_pool(x, kernel, stride, pad, ceil, is_max, after_relu=False):
         raise RuntimeError("caffe_pool: after_relu is only for pooling that trains_in_loops")
     if not fast:
         return explicit_pool(x, out, kernel, stride, pad, is_max)
+    if not is_max and out == (1, 1) and not any(pad) and tuple(kernel) == tuple(x.shape[-2:]):
+        return _WholeMean.apply(x, kernel, stride)
     if is_max:
         return F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil)
     return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=ceil, count_include_pad=True)

@@ -77,6 +77,27 @@ def test_pooling_global():
         close(y2, fn(x2, axis=(2, 3), keepdims=True))
 
 
+@pytest.mark.parametrize("param", ["global_pooling: true", "kernel_h: 6 kernel_w: 5 stride: 6",
+                                   "kernel_h: 6 kernel_w: 5"])
+def test_whole_input_average_gradient_is_dy_over_the_area(param):
+    """An AVE window over the whole input (global pooling, CAM_pool's 14/14): every cell's gradient is dy / (H·W),
+    float32 division (Caffe's top_diff / pool_size); the same floats as PyTorch's avg_pool2d backward gives, in
+    channels_last and contiguous memory."""
+    x = torch.from_numpy(rand(3, 4, 6, 5, seed=8).astype(np.float32))
+    dy = torch.from_numpy(rand(3, 4, 1, 1, seed=9).astype(np.float32))
+    layer = build(f"name: 'g' type: 'Pooling' pooling_param {{ pool: AVE {param} }}", [tuple(x.shape)])
+    for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+        xx = xx.clone().requires_grad_()
+        (y,) = layer(xx)
+        assert type(y.grad_fn).__name__ == "_WholeMeanBackward"
+        y.backward(dy)
+        expect = np.broadcast_to(dy.numpy() / np.float32(30), (3, 4, 6, 5))
+        np.testing.assert_array_equal(xx.grad.numpy(), expect)
+        yy = torch.nn.functional.avg_pool2d(xx.detach().requires_grad_(), (6, 5))
+        yy.backward(dy)
+        assert torch.equal(y, yy)
+
+
 def test_pooling_never_picks_padding():
     x = -np.abs(rand(1, 1, 5, 5, seed=7)) - 1.0  # all negative: a padded zero would win a MAX
     layer = build("name: 'p' type: 'Pooling' pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }", [x.shape])
