@@ -114,41 +114,41 @@ def winograd_ready(t):
     return _usable(t, (torch.float32,))
 
 
-def winograd_input(xh, th, tw):
-    """N×H×W×C (contiguous) -> (16, N·th·tw, C) transformed tiles."""
+def winograd_input(xh, th, tw, groups=1):
+    """N×H×W×C (contiguous) -> (groups, 16, N·th·tw, C/groups) transformed tiles."""
     n, h, w, c = xh.shape
-    v = torch.empty((16, n * th * tw, c))
+    v = torch.empty((groups, 16, n * th * tw, c // groups))
     _threads().winograd_input(xh.detach().reshape(-1, c).numpy(), n, h, w, th, tw, v.numpy())
     return v
 
 
 def winograd_output(m, n, th, tw, h, w, bias=None, relu=False):
-    """(16, N·th·tw, K) tile products -> N×K×H×W channels_last output (+ bias, then ReLU when asked)."""
-    k = m.shape[-1]
+    """(G, 16, N·th·tw, K/G) tile products -> N×K×H×W channels_last output (+ bias, then ReLU when asked)."""
+    k = m.shape[0] * m.shape[-1]
     out = torch.empty((n, k, h, w), memory_format=torch.channels_last)
     b = None if bias is None else bias.detach().float().contiguous().numpy()
     _threads().winograd_output(m.detach().contiguous().numpy(), n, h, w, th, tw, b, relu, _rows(out))
     return out
 
 
-def winograd_output_adjoint(gy, th, tw):
-    """N×H×W×K (contiguous) output gradient -> (16, N·th·tw, K)."""
+def winograd_output_adjoint(gy, th, tw, groups=1):
+    """N×H×W×K (contiguous) output gradient -> (groups, 16, N·th·tw, K/groups)."""
     n, h, w, k = gy.shape
-    gm = torch.empty((16, n * th * tw, k))
+    gm = torch.empty((groups, 16, n * th * tw, k // groups))
     _threads().winograd_output_adjoint(gy.detach().reshape(-1, k).numpy(), n, h, w, th, tw, gm.numpy())
     return gm
 
 
-def winograd_filter(w):
-    """K×C×3×3 filters -> (16, K, C) transformed ones."""
+def winograd_filter(w, groups=1):
+    """K×C/groups×3×3 filters -> (groups, 16, K/groups, C/groups) transformed ones."""
     g = w.detach().permute(0, 2, 3, 1).contiguous()
-    u = torch.empty((16, g.shape[0], g.shape[3]))
+    u = torch.empty((groups, 16, g.shape[0] // groups, g.shape[3]))
     _threads().winograd_filter(g.numpy(), u.numpy())
     return u
 
 
 def winograd_filter_adjoint(gu):
-    """(16, K, C) gradient of the transformed filters -> K×C×3×3 (channels_last memory) filter gradient."""
-    g = torch.empty((gu.shape[1], 3, 3, gu.shape[2]))
+    """(G, 16, K/G, C/G) gradient of the transformed filters -> K×C/G×3×3 (channels_last memory) filter gradient."""
+    g = torch.empty((gu.shape[0] * gu.shape[2], 3, 3, gu.shape[3]))
     _threads().winograd_filter_adjoint(gu.detach().contiguous().numpy(), g.numpy())
     return g.permute(0, 3, 1, 2)

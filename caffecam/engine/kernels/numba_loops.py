@@ -209,12 +209,14 @@ def max_pool_backward(dy, arg, n, h, w, kernel, stride, pad, out, dx):
 
 
 # ---- Winograd F(2×2, 3×3) transforms (winograd.py has the formulas; the same operations in the same order) ----
+# The transformed arrays are group-major, (groups, 16, rows, channels of a group): channel ch of the layer is
+# channel ch % cg of group ch // cg, so that each group's 16 products are one contiguous batch of matrices.
 
 @njit(parallel=True, cache=True, nogil=True)
 def _winograd_input(x, n, h, w, th, tw, v):
-    """x: (N·H·W, C) rows -> v (16, N·th·tw, C): Bᵀ d B of each 4×4 tile d (rows and columns 2·t − 1 … 2·t + 2,
+    """x: (N·H·W, C) rows -> v (G, 16, N·th·tw, C/G): Bᵀ d B of each 4×4 tile d (rows and columns 2·t − 1 … 2·t + 2,
     zero outside the input), Bᵀ rows (d0 − d2, d1 + d2, d2 − d1, d1 − d3) along the rows, then the columns."""
-    c = x.shape[1]
+    c, groups, cg = x.shape[1], v.shape[0], v.shape[3]
     for task in prange(n * th):
         image, ty = task // th, task % th
         d = np.empty((16, c), np.float32)
@@ -240,19 +242,22 @@ def _winograd_input(x, n, h, w, th, tw, v):
                     rows[12 + j, ch] = r1 - r3
             p = (image * th + ty) * tw + tx
             for i in range(4):
-                for ch in range(c):
-                    c0, c1, c2, c3 = rows[4 * i, ch], rows[4 * i + 1, ch], rows[4 * i + 2, ch], rows[4 * i + 3, ch]
-                    v[4 * i, p, ch] = c0 - c2
-                    v[4 * i + 1, p, ch] = c1 + c2
-                    v[4 * i + 2, p, ch] = c2 - c1
-                    v[4 * i + 3, p, ch] = c1 - c3
+                for grp in range(groups):
+                    for cc in range(cg):
+                        ch = grp * cg + cc
+                        c0, c1, c2, c3 = rows[4 * i, ch], rows[4 * i + 1, ch], rows[4 * i + 2, ch], rows[4 * i + 3, ch]
+                        v[grp, 4 * i, p, cc] = c0 - c2
+                        v[grp, 4 * i + 1, p, cc] = c1 + c2
+                        v[grp, 4 * i + 2, p, cc] = c2 - c1
+                        v[grp, 4 * i + 3, p, cc] = c1 - c3
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _winograd_output(m, n, h, w, th, tw, bias, has_bias, relu, y):
-    """m (16, N·th·tw, K) -> y (N·H·W, K) rows: Aᵀ m A of each tile, Aᵀ rows (m0 + m1 + m2, m1 − m2 − m3), then
-    + bias, then max(·, 0) when relu; the part of a tile past the edge is dropped."""
-    k = m.shape[2]
+    """m (G, 16, N·th·tw, K/G) -> y (N·H·W, K) rows: Aᵀ m A of each tile, Aᵀ rows (m0 + m1 + m2, m1 − m2 − m3),
+    then + bias, then max(·, 0) when relu; the part of a tile past the edge is dropped."""
+    groups, kg = m.shape[0], m.shape[3]
+    k = groups * kg
     for task in prange(n * th):
         image, ty = task // th, task % th
         rows = np.empty((8, k), np.float32)
@@ -260,10 +265,13 @@ def _winograd_output(m, n, h, w, th, tw, bias, has_bias, relu, y):
         for tx in range(tw):
             p = (image * th + ty) * tw + tx
             for j in range(4):
-                for ch in range(k):
-                    m0, m1, m2, m3 = m[j, p, ch], m[4 + j, p, ch], m[8 + j, p, ch], m[12 + j, p, ch]
-                    rows[j, ch] = m0 + m1 + m2
-                    rows[4 + j, ch] = m1 - m2 - m3
+                for grp in range(groups):
+                    for kk in range(kg):
+                        m0, m1, m2, m3 = m[grp, j, p, kk], m[grp, 4 + j, p, kk], m[grp, 8 + j, p, kk], \
+                            m[grp, 12 + j, p, kk]
+                        ch = grp * kg + kk
+                        rows[j, ch] = m0 + m1 + m2
+                        rows[4 + j, ch] = m1 - m2 - m3
             for i in range(2):
                 yy = 2 * ty + i
                 for jj in range(2):
@@ -289,9 +297,9 @@ def _winograd_output(m, n, h, w, th, tw, bias, has_bias, relu, y):
 
 @njit(parallel=True, cache=True, nogil=True)
 def _winograd_output_adjoint(gy, n, h, w, th, tw, gm):
-    """gy (N·H·W, K) rows -> gm (16, N·th·tw, K): A gY Aᵀ of each 2×2 tile (zero past the edge), A rows
+    """gy (N·H·W, K) rows -> gm (G, 16, N·th·tw, K/G): A gY Aᵀ of each 2×2 tile (zero past the edge), A rows
     (y0, y0 + y1, y0 − y1, −y1) along the rows, then the columns."""
-    k = gy.shape[1]
+    k, groups, kg = gy.shape[1], gm.shape[0], gm.shape[3]
     for task in prange(n * th):
         image, ty = task // th, task % th
         g = np.empty((4, k), np.float32)
@@ -318,12 +326,14 @@ def _winograd_output_adjoint(gy, n, h, w, th, tw, gm):
                     rows[6 + j, ch] = -y1
             p = (image * th + ty) * tw + tx
             for r in range(4):
-                for ch in range(k):
-                    r0, r1 = rows[2 * r, ch], rows[2 * r + 1, ch]
-                    gm[4 * r, p, ch] = r0
-                    gm[4 * r + 1, p, ch] = r0 + r1
-                    gm[4 * r + 2, p, ch] = r0 - r1
-                    gm[4 * r + 3, p, ch] = -r1
+                for grp in range(groups):
+                    for kk in range(kg):
+                        ch = grp * kg + kk
+                        r0, r1 = rows[2 * r, ch], rows[2 * r + 1, ch]
+                        gm[grp, 4 * r, p, kk] = r0
+                        gm[grp, 4 * r + 1, p, kk] = r0 + r1
+                        gm[grp, 4 * r + 2, p, kk] = r0 - r1
+                        gm[grp, 4 * r + 3, p, kk] = -r1
 
 
 def winograd_input(x, n, h, w, th, tw, v):
@@ -341,11 +351,12 @@ def winograd_output_adjoint(gy, n, h, w, th, tw, gm):
 
 @njit(parallel=True, cache=True, nogil=True)
 def _winograd_filter(g, u):
-    """g (K, 3, 3, C) filters -> u (16, K, C): G g Gᵀ, G rows (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2), along the
-    kernel's rows, then its columns."""
-    k, c = g.shape[0], g.shape[3]
+    """g (K, 3, 3, C/G) filters -> u (G, 16, K/G, C/G): G g Gᵀ, G rows (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2), along
+    the kernel's rows, then its columns."""
+    k, c, kg = g.shape[0], g.shape[3], u.shape[2]
     half = _F32(0.5)
     for f in prange(k):
+        grp, ff = f // kg, f % kg
         rows = np.empty((4, 3, c), np.float32)
         for j in range(3):
             for ch in range(c):
@@ -359,22 +370,25 @@ def _winograd_filter(g, u):
             for ch in range(c):
                 r0, r1, r2 = rows[i, 0, ch], rows[i, 1, ch], rows[i, 2, ch]
                 h = half * (r0 + r2)
-                u[4 * i, f, ch] = r0
-                u[4 * i + 1, f, ch] = h + half * r1
-                u[4 * i + 2, f, ch] = h - half * r1
-                u[4 * i + 3, f, ch] = r2
+                u[grp, 4 * i, ff, ch] = r0
+                u[grp, 4 * i + 1, ff, ch] = h + half * r1
+                u[grp, 4 * i + 2, ff, ch] = h - half * r1
+                u[grp, 4 * i + 3, ff, ch] = r2
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _winograd_filter_adjoint(gu, g):
-    """gu (16, K, C) -> g (K, 3, 3, C): Gᵀ gU G, Gᵀ rows (u0 + (u1+u2)/2, (u1−u2)/2, (u1+u2)/2 + u3)."""
-    k, c = gu.shape[1], gu.shape[2]
+    """gu (G, 16, K/G, C/G) -> g (K, 3, 3, C/G): Gᵀ gU G, Gᵀ rows (u0 + (u1+u2)/2, (u1−u2)/2, (u1+u2)/2 + u3)."""
+    kg, c = gu.shape[2], gu.shape[3]
+    k = gu.shape[0] * kg
     half = _F32(0.5)
     for f in prange(k):
+        grp, ff = f // kg, f % kg
         rows = np.empty((3, 4, c), np.float32)
         for j in range(4):
             for ch in range(c):
-                u0, u1, u2, u3 = gu[j, f, ch], gu[4 + j, f, ch], gu[8 + j, f, ch], gu[12 + j, f, ch]
+                u0, u1 = gu[grp, j, ff, ch], gu[grp, 4 + j, ff, ch]
+                u2, u3 = gu[grp, 8 + j, ff, ch], gu[grp, 12 + j, ff, ch]
                 h = half * (u1 + u2)
                 rows[0, j, ch] = h + u0
                 rows[1, j, ch] = (u1 - u2) * half
