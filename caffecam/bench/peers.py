@@ -7,7 +7,6 @@ constant from another machine ever stands in for a measurement.
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -75,26 +74,26 @@ def caffe_forward_s(tool, prototxt, weights, iterations, cwd, timeout=900):
     return float(found.group(1)) / 1000
 
 
-def iteration_speed(log_text, warmup):
-    """Median iter/s of the display lines after iteration `warmup` (display: 1 gives one per iteration)."""
+def iteration_speeds(log_text, warmup):
+    """iter/s of each display line after iteration `warmup` (display: 1 gives one per iteration)."""
     speeds = [float(s) for it, s in ITERATION.findall(log_text) if int(it) > warmup]
     if not speeds:
         raise PeerError(f"no 'Iteration N (X iter/s' line after iteration {warmup} in the log")
-    return statistics.median(speeds)
+    return speeds
 
 
-def caffe_train_speed(tool, solver, cwd, warmup, timeout=1800):
-    """`caffe train -solver S`: median iterations/s after the warm-up iterations."""
+def caffe_train_speeds(tool, solver, cwd, warmup, timeout=1800):
+    """`caffe train -solver S`: iterations/s of each iteration after the warm-up ones."""
     text = _run([tool, "train", "-solver", solver], cwd, timeout, "caffe train", _caffe_env(tool))
-    return iteration_speed(text, warmup)
+    return iteration_speeds(text, warmup)
 
 
-def ours_train_speed(solver, cwd, warmup, bf16=False, timeout=1800):
-    """scripts/train.py on the same solver: median iterations/s after the warm-up iterations."""
+def ours_train_speeds(solver, cwd, warmup, bf16=False, timeout=1800):
+    """scripts/train.py on the same solver: iterations/s of each iteration after the warm-up ones."""
     cmd = [sys.executable, REPO / "scripts" / "train.py", "--solver", solver, "--cpu"] + (["--bf16"] if bf16 else [])
     env = dict(os.environ, PYTHONPATH=str(REPO))
     text = _run(cmd, cwd, timeout, "scripts/train.py" + (" --bf16" if bf16 else ""), env)
-    return iteration_speed(text, warmup)
+    return iteration_speeds(text, warmup)
 
 
 class Cv4Server:

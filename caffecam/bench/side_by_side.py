@@ -2,6 +2,7 @@
 same batch and the same JPEGs with `caffe train` and scripts/train.py, and a deploy net's forward against OpenCV 4
 DNN and `caffe time` (zoo.py builds the nets). Every ratio divides two figures measured here, now."""
 
+import statistics
 from pathlib import Path
 
 import torch
@@ -53,25 +54,41 @@ def write_training(work, spec, list_path, root, resize, batch, iterations):
     return work / "solver.prototxt", param
 
 
-def training(work, spec, list_path, root, resize, batch, warmup, steps, peak, notes):
+def training(work, spec, list_path, root, resize, batch, warmup, steps, peak, notes, rounds=1):
     """images/s of `caffe train` and train.py (fp32; bf16 where the CPU has it) on one solver, their ratios and
-    the share of the peak each uses (a training step counted as 3 forwards)."""
+    the share of the peak each uses (a training step counted as 3 forwards).
+
+    Each side runs `rounds` times, in alternating order (Caffe, fp32, bf16, then bf16, fp32, Caffe, ...), each run's
+    first `warmup` iterations left out; a side's figure is the median of all its timed iterations, so that a drift
+    of the machine's speed during the section falls on both sides alike. The fp32 ratio of each round is kept."""
     solver, param = write_training(work, spec, list_path, root, resize, batch, warmup + steps)
     net = Net(param, TRAIN, input_shapes={"data": (batch, 3, spec["input_size"], spec["input_size"])}, meta=True)
     flops = 3 * forward_flops_per_image(net)
     tool, why = peers.caffe_tool()
     if why:
         notes.append(why)
-    out = {"batch": batch, "timed_iterations": steps, "warmup_iterations": warmup, "train_flops_per_image": flops}
-    ours = _measure("train.py", lambda: peers.ours_train_speed(solver, work, warmup), notes)
-    out["ours_fp32_images_per_s"] = ours * batch if ours else None
-    bf16 = None
-    if precision.cpu_bf16_support():
-        bf16 = _measure("train.py --bf16", lambda: peers.ours_train_speed(solver, work, warmup, bf16=True), notes)
-    out["ours_bf16_images_per_s"] = bf16 * batch if bf16 else None
-    caffe = _measure("caffe train", lambda: peers.caffe_train_speed(tool, solver, work, warmup), notes) if tool \
-        else None
-    out["caffe_images_per_s"] = caffe * batch if caffe else None
+    out = {"batch": batch, "timed_iterations": steps * rounds, "warmup_iterations": warmup, "rounds": rounds,
+           "train_flops_per_image": flops}
+    runs = {"caffe": ("caffe train", lambda: peers.caffe_train_speeds(tool, solver, work, warmup)) if tool else None,
+            "ours_fp32": ("train.py", lambda: peers.ours_train_speeds(solver, work, warmup)),
+            "ours_bf16": ("train.py --bf16", lambda: peers.ours_train_speeds(solver, work, warmup, bf16=True))
+            if precision.cpu_bf16_support() else None}
+    runs = {k: v for k, v in runs.items() if v is not None}
+    speeds, by_round = {k: [] for k in runs}, []
+    for r in range(rounds):
+        medians = {}
+        for side in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+            got = _measure(*runs[side], notes) if side in runs else None
+            if got is None:
+                runs.pop(side, None)  # failed: noted once, not run again
+                continue
+            speeds[side] += got
+            medians[side] = statistics.median(got)
+        by_round.append(ratio(medians.get("ours_fp32"), medians.get("caffe")))
+    for side in ("ours_fp32", "ours_bf16", "caffe"):
+        got = speeds.get(side)
+        out[f"{side}_images_per_s"] = statistics.median(got) * batch if got else None
+    out["fp32_vs_caffe_by_round"] = by_round
     out["fp32_vs_caffe"] = ratio(out["ours_fp32_images_per_s"], out["caffe_images_per_s"])
     out["bf16_vs_caffe_fp32"] = ratio(out["ours_bf16_images_per_s"], out["caffe_images_per_s"])
     for side, tag in (("ours_fp32", "fp32"), ("ours_bf16", "bf16"), ("caffe", "fp32")):

@@ -59,7 +59,8 @@ class Plan:
     peak_rounds: int = 5
     peer_train_batch: int = 32  # `caffe train` against train.py, same train_val, batch and JPEGs
     peer_train_warmup: int = 3  # iterations left out of the medians (start-up, first allocations)
-    peer_train_steps: int = 5
+    peer_train_steps: int = 4  # timed iterations per run
+    peer_train_rounds: int = 2  # runs of each side, in alternating order
     zoo_nets: tuple = ("resnet50", "googlenet_cam")  # deploy nets against OpenCV 4 DNN and `caffe time`
     zoo_batch: int = 16
     zoo_rounds: int = 3
@@ -77,6 +78,7 @@ QUICK = replace(FULL, width_div=8, input_size=64, train_batch=4, infer_batch=4, 
                 gpu_steps=2, gpu_pipeline_steps=3, memory_timed_steps=1, train_rounds=1, inference_rounds=2,
                 cam_rounds=2, e2e_rounds=1, loader_rounds=1, report_entries=200, report_rounds=1, budget_scale=0.02,
                 peak_scale=8, peak_rounds=1, peer_train_batch=4, peer_train_warmup=1, peer_train_steps=2,
+                peer_train_rounds=1,
                 zoo_nets=("tiny_resnet", "googlenet_cam"), zoo_batch=4, zoo_rounds=2, caffe_time_iterations=2,
                 scaling_batches=(1, 2, 4), scaling_cam_images=(1, 2, 4), scaling_rounds=1)
 
@@ -235,7 +237,7 @@ class Bench:
         p = self.plan
         out = side_by_side.training(self.work / "train_vs_caffe", self.net, self.images / "list.txt", self.images,
                                     p.resize, p.peer_train_batch, p.peer_train_warmup, p.peer_train_steps,
-                                    self.peak_figures, self.notes)
+                                    self.peak_figures, self.notes, p.peer_train_rounds)
         out.update(goal_fp32_vs_caffe=GOALS["train_fp32_vs_caffe"],
                    goal_bf16_vs_caffe_fp32=GOALS["train_bf16_vs_caffe"])
         return out

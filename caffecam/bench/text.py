@@ -58,12 +58,13 @@ def train_lines(t, m):
 def train_vs_caffe_lines(s):
     return [
         f"training side by side, same train_val, batch {s['batch']} and JPEGs ({s['timed_iterations']} iterations "
-        f"timed after {s['warmup_iterations']}), images/s:",
+        f"timed in {s.get('rounds', 1)} alternating runs, each after {s['warmup_iterations']}), images/s:",
         f"  real Caffe (caffe train)  {fmt(s['caffe_images_per_s'], '', 2)}  ({pct(s['caffe_peak_fraction'])})",
         f"  train.py fp32             {fmt(s['ours_fp32_images_per_s'], '', 2)}  ({pct(s['ours_fp32_peak_fraction'])})"
         f"  ×{fmt(s['fp32_vs_caffe'], '', 2)} Caffe (goal ×{s['goal_fp32_vs_caffe']:g})",
         f"  train.py --bf16           {fmt(s['ours_bf16_images_per_s'], '', 2)}  ({pct(s['ours_bf16_peak_fraction'])})"
-        f"  ×{fmt(s['bf16_vs_caffe_fp32'], '', 2)} Caffe fp32 (goal ×{s['goal_bf16_vs_caffe_fp32']:g})"]
+        f"  ×{fmt(s['bf16_vs_caffe_fp32'], '', 2)} Caffe fp32 (goal ×{s['goal_bf16_vs_caffe_fp32']:g})",
+        "  fp32 ratio in each run: " + ", ".join(f"×{fmt(v, '', 2)}" for v in s.get("fp32_vs_caffe_by_round", []))]
 
 
 def zoo_lines(z):

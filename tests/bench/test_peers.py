@@ -59,8 +59,8 @@ def test_caffe_logs_are_read_as_caffe_prints_them(fake_peers):
     tool, why = peers.caffe_tool()
     assert why is None and tool.name == "caffe"
     assert peers.caffe_forward_s(tool, "deploy.prototxt", "w.caffemodel", 3, fake_peers) == 0.25
-    # iterations after the warm-up one: 2, 2.5, 1.5 iter/s -> median 2
-    assert peers.caffe_train_speed(tool, "solver.prototxt", fake_peers, warmup=1) == 2.0
+    # the iterations after the warm-up one
+    assert peers.caffe_train_speeds(tool, "solver.prototxt", fake_peers, warmup=1) == [2.0, 2.5, 1.5]
     with pytest.raises(peers.PeerError, match=r"caffe time failed \(exit 1\): .*Check failed: unknown action"):
         peers._run([tool, "nonsense"], fake_peers, 10, "caffe time")
 
@@ -122,3 +122,30 @@ def test_an_agreeing_opencv_runs_interleaved_with_ours(fake_peers, monkeypatch):
     out = side_by_side.deploy(case, rounds=2, budget_s=5, caffe_iterations=2, peak={}, notes=notes)
     assert out["cv4_images_per_s"] > 0 and out["opencv"] == "4.fake" and not notes
     assert out["fp32_vs_cv4"] == pytest.approx(out["ours_fp32_images_per_s"] / out["cv4_images_per_s"])
+
+
+def test_training_rounds_alternate_and_pool_the_iterations(fake_peers, monkeypatch):
+    """Two rounds: Caffe, fp32, bf16, then bf16, fp32, Caffe; each side's figure is the median of all its timed
+    iterations (batch 4 × iter/s), and the fp32 ratio of each round is kept."""
+    calls = []
+    answers = {"caffe": [[1.0, 1.2, 0.8], [0.5, 0.6, 0.7]], "fp32": [[3.0, 3.3, 2.7], [2.0, 2.2, 1.8]],
+               "bf16": [[6.0], [5.0]]}
+
+    def fake(side):
+        calls.append(side)
+        return answers[side][calls.count(side) - 1]
+
+    monkeypatch.setattr(peers, "caffe_train_speeds", lambda *a, **k: fake("caffe"))
+    monkeypatch.setattr(peers, "ours_train_speeds", lambda *a, bf16=False, **k: fake("bf16" if bf16 else "fp32"))
+    monkeypatch.setattr(side_by_side.precision, "cpu_bf16_support", lambda: True)
+    spec = {"num_classes": 3, "width_div": 8, "input_size": 64}
+    notes = []
+    out = side_by_side.training(fake_peers / "tv", spec, fake_peers / "list.txt", fake_peers, 72, 4, 1, 3,
+                                {"fp32_peak_gflops": 100.0, "bf16_peak_gflops": 400.0}, notes, rounds=2)
+    assert calls == ["caffe", "fp32", "bf16", "bf16", "fp32", "caffe"]
+    assert out["caffe_images_per_s"] == pytest.approx(4 * 0.75)  # median of 1, 1.2, 0.8, 0.5, 0.6, 0.7
+    assert out["ours_fp32_images_per_s"] == pytest.approx(4 * 2.45)
+    assert out["ours_bf16_images_per_s"] == pytest.approx(4 * 5.5)
+    assert out["fp32_vs_caffe"] == pytest.approx(2.45 / 0.75)
+    assert out["fp32_vs_caffe_by_round"] == pytest.approx([3.0 / 1.0, 2.0 / 0.6])
+    assert out["timed_iterations"] == 6 and out["rounds"] == 2 and not notes
