@@ -1,5 +1,5 @@
-"""cam.py, eval_loc.py and extract_features.py answer --help and refuse a bad option without importing torch (which
-takes over a second): each runs here with `torch` made unimportable."""
+"""cam.py, eval_loc.py, extract_features.py and train.py answer --help and refuse a bad option without importing torch
+(which takes over a second): each runs here with `torch` made unimportable."""
 
 import subprocess
 import sys
@@ -17,11 +17,12 @@ def run_without_torch(script, *args):
                           capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("script", ["cam.py", "eval_loc.py", "extract_features.py"])
-def test_help_without_torch(script):
+@pytest.mark.parametrize("script,option", [("cam.py", "--model"), ("eval_loc.py", "--model"),
+                                           ("extract_features.py", "--model"), ("train.py", "--solver")])
+def test_help_without_torch(script, option):
     out = run_without_torch(script, "--help")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(f"usage: {script}") and "--model" in out.stdout
+    assert out.stdout.startswith(f"usage: {script}") and option in out.stdout
 
 
 @pytest.mark.parametrize("script,args,message", [
@@ -31,6 +32,7 @@ def test_help_without_torch(script):
     ("extract_features.py", ["--model", "m", "--weights", "w", "--blobs", "fc", "--out", "f.npz", "--batch-size", "0",
                              "x.jpg"],
      "--batch-size 0: must be at least 1"),
+    ("train.py", ["--weights", "w.caffemodel"], "the following arguments are required: --solver"),
 ])
 def test_option_errors_without_torch(script, args, message):
     out = run_without_torch(script, *args)
