@@ -14,7 +14,6 @@ from google.protobuf import text_format
 
 from caffecam.atomic import atomic_write_bytes
 from caffecam.engine import netparam
-from caffecam.engine.net import TEST, TRAIN, Net
 from caffecam.engine.prototxt import read_net
 from caffecam.errors import CaffeCamError, main_guard
 from caffecam.nets import cam_surgery
@@ -81,6 +80,12 @@ def parse_args(argv):
     sol.add_argument("--snapshot-prefix", help="default snapshots/<prefix>")
     sol.add_argument("--solver-mode", choices=("GPU", "CPU"), default="GPU")
     return p.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help and option errors answer before torch loads (over a second)
+    parse_args(sys.argv[1:])
+
+from caffecam.engine.net import TEST, TRAIN, Net
 
 
 def load_base(path):

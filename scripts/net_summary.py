@@ -11,16 +11,7 @@ import json
 import math
 import time
 
-import torch
-
-from caffecam.engine.cost import layer_macs
-from caffecam.engine.layers import INPUT_TYPES
-from caffecam.engine.net import Net
-from caffecam.engine.prototxt import read_net
-from caffecam.engine.upgrade import upgrade_net
-from caffecam.engine.weights import load_weights
 from caffecam.errors import CaffeCamError, main_guard
-from caffecam.proto import caffe_pb2
 
 
 def parse_input_shape(text):
@@ -60,6 +51,20 @@ def parse_args(argv):
     p.add_argument("--iterations", type=int, default=50, metavar="N",
                    help="--time iterations (default 50, as caffe time)")
     return p.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help and option errors answer before torch loads (over a second)
+    parse_args(sys.argv[1:])
+
+import torch
+
+from caffecam.engine.cost import layer_macs
+from caffecam.engine.layers import INPUT_TYPES
+from caffecam.engine.net import Net
+from caffecam.engine.prototxt import read_net
+from caffecam.engine.upgrade import upgrade_net
+from caffecam.engine.weights import load_weights
+from caffecam.proto import caffe_pb2
 
 
 def dims_text(shape):
