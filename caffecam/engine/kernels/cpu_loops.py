@@ -20,16 +20,17 @@ import os
 import torch
 
 ENABLED = os.environ.get("CAFFECAM_LOOPS", "1") != "0"
-_numba = None
+_numba = _numba_winograd = None
 
 
 def _load():
-    """The compiled module, or False where numba is missing (the PyTorch path is used then)."""
-    global _numba
+    """The compiled pooling and LRN module (numba_winograd loaded beside it), or False where numba is missing (the
+    PyTorch path is used then)."""
+    global _numba, _numba_winograd
     if _numba is None:
         try:
-            from caffecam.engine.kernels import numba_loops
-            _numba = numba_loops
+            from caffecam.engine.kernels import numba_loops, numba_winograd
+            _numba, _numba_winograd = numba_loops, numba_winograd
         except Exception:  # no numba, or no place numba can keep its compiled cache: the PyTorch path, same values
             _numba = False
     return _numba
@@ -59,6 +60,11 @@ def _threads():
     loops = _load()
     loops.set_threads(torch.get_num_threads())
     return loops
+
+
+def _winograd():
+    _threads()
+    return _numba_winograd
 
 
 def lrn_forward(x, size, alpha, beta, k):
@@ -118,7 +124,7 @@ def winograd_input(xh, th, tw, groups=1):
     """N×H×W×C (contiguous) -> (groups, 16, N·th·tw, C/groups) transformed tiles."""
     n, h, w, c = xh.shape
     v = torch.empty((groups, 16, n * th * tw, c // groups))
-    _threads().winograd_input(xh.detach().reshape(-1, c).numpy(), n, h, w, th, tw, v.numpy())
+    _winograd().winograd_input(xh.detach().reshape(-1, c).numpy(), n, h, w, th, tw, v.numpy())
     return v
 
 
@@ -127,7 +133,7 @@ def winograd_output(m, n, th, tw, h, w, bias=None, relu=False):
     k = m.shape[0] * m.shape[-1]
     out = torch.empty((n, k, h, w), memory_format=torch.channels_last)
     b = None if bias is None else bias.detach().float().contiguous().numpy()
-    _threads().winograd_output(m.detach().contiguous().numpy(), n, h, w, th, tw, b, relu, _rows(out))
+    _winograd().winograd_output(m.detach().contiguous().numpy(), n, h, w, th, tw, b, relu, _rows(out))
     return out
 
 
@@ -135,7 +141,7 @@ def winograd_output_adjoint(gy, th, tw, groups=1):
     """N×H×W×K (contiguous) output gradient -> (groups, 16, N·th·tw, K/groups)."""
     n, h, w, k = gy.shape
     gm = torch.empty((groups, 16, n * th * tw, k // groups))
-    _threads().winograd_output_adjoint(gy.detach().reshape(-1, k).numpy(), n, h, w, th, tw, gm.numpy())
+    _winograd().winograd_output_adjoint(gy.detach().reshape(-1, k).numpy(), n, h, w, th, tw, gm.numpy())
     return gm
 
 
@@ -143,12 +149,12 @@ def winograd_filter(w, groups=1):
     """K×C/groups×3×3 filters -> (groups, 16, K/groups, C/groups) transformed ones."""
     g = w.detach().permute(0, 2, 3, 1).contiguous()
     u = torch.empty((groups, 16, g.shape[0] // groups, g.shape[3]))
-    _threads().winograd_filter(g.numpy(), u.numpy())
+    _winograd().winograd_filter(g.numpy(), u.numpy())
     return u
 
 
 def winograd_filter_adjoint(gu):
     """(G, 16, K/G, C/G) gradient of the transformed filters -> K×C/G×3×3 (channels_last memory) filter gradient."""
     g = torch.empty((gu.shape[0] * gu.shape[2], 3, 3, gu.shape[3]))
-    _threads().winograd_filter_adjoint(gu.detach().contiguous().numpy(), g.numpy())
+    _winograd().winograd_filter_adjoint(gu.detach().contiguous().numpy(), g.numpy())
     return g.permute(0, 3, 1, 2)
