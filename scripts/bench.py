@@ -14,12 +14,7 @@ import math
 import tempfile
 from dataclasses import asdict
 
-import torch
-
-from caffecam.allocator import keep_freed_memory
-from caffecam.atomic import atomic_write_bytes
-from caffecam.bench.suite import FULL, QUICK, SECTIONS, Bench, environment
-from caffecam.bench.text import report_markdown, report_text
+from caffecam.bench.sections import SECTIONS
 from caffecam.errors import CaffeCamError, main_guard
 
 
@@ -73,6 +68,22 @@ def parse_only(text):
         raise CaffeCamError(f"--only {text}: unknown section '{unknown[0] if unknown else ''}'; choose from "
                             f"{', '.join(s for s in SECTIONS if s != 'data')}")
     return names
+
+
+@main_guard
+def check_options(argv):
+    parse_only(build_parser().parse_args(argv).only)
+
+
+if __name__ == "__main__":  # --help and option errors answer before torch loads (over a second)
+    check_options(sys.argv[1:])
+
+import torch
+
+from caffecam.allocator import keep_freed_memory
+from caffecam.atomic import atomic_write_bytes
+from caffecam.bench.suite import FULL, QUICK, Bench, environment
+from caffecam.bench.text import report_markdown, report_text
 
 
 @main_guard

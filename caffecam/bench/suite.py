@@ -13,6 +13,7 @@ import torch
 from caffecam.bench import cam as bench_cam
 from caffecam.bench import peak, scaling, side_by_side, training, zoo
 from caffecam.bench import report as bench_report
+from caffecam.bench.sections import SECTIONS
 from caffecam.engine import precision
 
 GOALS = {"train_fp32_vs_caffe": 3.0, "train_bf16_vs_caffe": 5.0, "gpu_bf16_images_per_s": 2500.0,
@@ -23,8 +24,6 @@ ZOO_GOALS = {"resnet50": {"fp32_vs_cv4": 1.5, "fp32_vs_caffe": 2.5},
 # Seconds a section may spend on repeat rounds (its warm-up and first round always run).
 BUDGETS_S = {"train": 120.0, "inference": 20.0, "cam": 90.0, "end_to_end": 60.0, "peak": 20.0, "zoo": 120.0,
              "scaling": 120.0}
-SECTIONS = ("data", "peak", "memory", "train", "pipeline", "train_vs_caffe", "inference", "zoo", "scaling", "cam",
-            "end_to_end", "loader", "report")
 KEYS = {"end_to_end": "cam_end_to_end"}  # the JSON key of a section, where it is not the section's name
 NEEDS_DATA = {"pipeline", "train_vs_caffe", "loader"}
 NEEDS_PEAK = {"train_vs_caffe", "zoo", "scaling"}

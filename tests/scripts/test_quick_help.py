@@ -1,5 +1,6 @@
-"""cam.py, eval_loc.py, extract_features.py, train.py, net_summary.py and make_cam_net.py answer --help and refuse a
-bad option without importing torch (which takes over a second): each runs here with `torch` made unimportable."""
+"""cam.py, eval_loc.py, extract_features.py, train.py, net_summary.py, make_cam_net.py and bench.py answer --help and
+refuse a bad option without importing torch (which takes over a second): each runs here with `torch` made
+unimportable."""
 
 import subprocess
 import sys
@@ -19,7 +20,8 @@ def run_without_torch(script, *args):
 
 @pytest.mark.parametrize("script,option", [("cam.py", "--model"), ("eval_loc.py", "--model"),
                                            ("extract_features.py", "--model"), ("train.py", "--solver"),
-                                           ("net_summary.py", "--phase"), ("make_cam_net.py", "--base")])
+                                           ("net_summary.py", "--phase"), ("make_cam_net.py", "--base"),
+                                           ("bench.py", "--only")])
 def test_help_without_torch(script, option):
     out = run_without_torch(script, "--help")
     assert out.returncode == 0, out.stderr
@@ -36,6 +38,7 @@ def test_help_without_torch(script, option):
     ("train.py", ["--weights", "w.caffemodel"], "the following arguments are required: --solver"),
     ("net_summary.py", ["n.prototxt", "--phase", "VAL"], "argument --phase: invalid choice: 'VAL'"),
     ("make_cam_net.py", ["--base", "b.prototxt"], "the following arguments are required: --cut, --classes, --out"),
+    ("bench.py", ["--only", "zoo,nope"], "--only zoo,nope: unknown section 'nope'"),
 ])
 def test_option_errors_without_torch(script, args, message):
     out = run_without_torch(script, *args)
