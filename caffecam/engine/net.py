@@ -73,8 +73,8 @@ def _hooked(relu, pool):
     """Whether a forward hook could put another tensor between the ReLU and the pooling (cam/gradients.leaf_blob
     swaps in a leaf; a hook may compute from the ReLU's output): the ReLU then records its own backward."""
     from torch.nn.modules import module  # the global hooks have no public accessor
-    return bool(relu._forward_hooks or pool._forward_pre_hooks or module._global_forward_hooks
-                or module._global_forward_pre_hooks)
+    return bool(relu._forward_pre_hooks or relu._forward_hooks or pool._forward_pre_hooks
+                or module._global_forward_hooks or module._global_forward_pre_hooks)
 
 
 def data_layer_shapes(lp):

@@ -105,17 +105,22 @@ def test_a_leaf_made_by_a_hook_keeps_the_plain_backward():
     assert (g[box["leaf"] == 0] != 0).any()  # cells at 0 that a mask would have cut
 
 
-def test_a_hook_on_the_relu_keeps_its_backward():
-    """A forward hook that computes from the ReLU's output (here ×2): the gradient passes through the hook's
-    operation to the ReLU, which must have recorded its backward."""
+HOOKS = {"forward": lambda relu: relu.register_forward_hook(lambda m, args, out: [out[0] * 2]),
+         "pre": lambda relu: relu.register_forward_pre_hook(lambda m, args: (args[0] * 2,))}
+
+
+@pytest.mark.parametrize("kind", HOOKS)
+def test_a_hook_on_the_relu_keeps_its_backward(kind):
+    """A hook that computes from the ReLU's output or input (here ×2): the gradient passes through the hook's
+    operation and the ReLU, which must have recorded its backward."""
     net = build(INPUT + CONV + RELU + POOL + FC)
     x = data(3)
-    handle = net.layer_by_name["relu"].register_forward_hook(lambda m, args, out: [out[0] * 2])
+    handle = HOOKS[kind](net.layer_by_name["relu"])
     blobs, hooked = grads(net, x)
     assert blobs["pool"].grad_fn is not None
     handle.remove()
     net._relu_into_pool = {}
-    net.layer_by_name["relu"].register_forward_hook(lambda m, args, out: [out[0] * 2])
+    HOOKS[kind](net.layer_by_name["relu"])
     _, plain = grads(net, x)
     for a, b in zip(hooked, plain):
         assert torch.equal(a, b)
