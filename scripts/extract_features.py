@@ -5,10 +5,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-if __name__ == "__main__":  # malloc with transparent huge pages: the process starts again once (allocator.py)
-    from caffecam.allocator import reexec_with_huge_pages
-    reexec_with_huge_pages()
-
 import argparse
 
 import numpy as np

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from caffecam.allocator import without_huge_pages
-
 REPO = Path(__file__).resolve().parents[2]
 CV4_SCRIPT = Path(__file__).with_name("cv4_dnn.py")
 # Caffe's solver.cpp and our train log: `Iteration N (X iter/s, Ys/D iters), loss = L`
@@ -60,8 +58,7 @@ def _run(cmd, cwd, timeout, what, env=None):
 
 
 def _caffe_env(tool):
-    # the per-iteration lines are INFO; malloc as Caffe's users have it (not our huge-page setting, allocator.py)
-    env = without_huge_pages(dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1"))
+    env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1")  # the per-iteration lines are INFO
     lib = str(Path(tool).parents[1] / "lib")
     env["LD_LIBRARY_PATH"] = lib + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
     return env
@@ -109,8 +106,7 @@ class Cv4Server:
         np.save(work / "cv4_input.npy", np.ascontiguousarray(x, np.float32))
         cmd = [str(c) for c in (python, CV4_SCRIPT, prototxt, weights, work / "cv4_input.npy",
                                 work / "cv4_output.npy", "--blob", blob, "--serve")]
-        self.proc = subprocess.Popen(cmd, cwd=work, env=without_huge_pages(dict(os.environ, PYTHONPATH="")),
-                                     stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen(cmd, cwd=work, env=dict(os.environ, PYTHONPATH=""), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.figures = json.loads(self._answer("OpenCV 4 DNN failed to load the net"))
         self.output = np.load(work / "cv4_output.npy")
