@@ -137,7 +137,8 @@ def test_leveldb_written_by_caffe_reads_as_caffe(caffe, tmp_path):
     np.testing.assert_array_equal(again.next()["data"].numpy(), caffe["leveldb/data"])
 
 
-def test_leveldb_with_mean_file_and_test_crop_reads_as_caffe(tmp_path):
+@pytest.mark.parametrize("channels_last", [False, True])  # True: the H×W×C transform the Solver's CPU feeds use
+def test_leveldb_with_mean_file_and_test_crop_reads_as_caffe(tmp_path, channels_last):
     # The mean image is taken at the crop's own offset (data_transformer.cpp): every mean value here is distinct.
     db = tmp_path / "leveldb"
     shutil.copytree(REF / "leveldb", db)
@@ -146,8 +147,9 @@ def test_leveldb_with_mean_file_and_test_crop_reads_as_caffe(tmp_path):
         data_param {{ source: "{db}" batch_size: 2 backend: LEVELDB }}""")
     with np.load(REF / "mean_file_crop.npz", allow_pickle=False) as f:
         data, label = f["data_layer/data"], f["data_layer/label"]
-    with BatchFeed(lp, TEST, workers=0) as feed:
+    with BatchFeed(lp, TEST, workers=0, channels_last=channels_last) as feed:
         batch = feed.next()
+    assert batch["data"].is_contiguous(memory_format=torch.channels_last) == channels_last
     np.testing.assert_array_equal(batch["data"].numpy(), data)
     np.testing.assert_array_equal(batch["label"].numpy(), label)
 

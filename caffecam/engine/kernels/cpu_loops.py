@@ -56,6 +56,10 @@ def _rows(t):
     return t.detach().permute(0, 2, 3, 1).reshape(-1, t.shape[1]).numpy()
 
 
+def _float_channels_last(t):
+    return t.float().contiguous(memory_format=torch.channels_last)
+
+
 def _threads():
     loops = _load()
     loops.set_threads(torch.get_num_threads())
@@ -80,8 +84,8 @@ def lrn_backward(x, scale, dy, size, alpha, beta):
     """dx of cross-channel LRN from x, the forward's scale and dy (all float32 channels_last)."""
     loops = _threads()
     dx = torch.empty_like(x, memory_format=torch.channels_last)
-    dy = dy.float().contiguous(memory_format=torch.channels_last)
-    loops.lrn_backward(_rows(x), _rows(scale), _rows(dy), size, beta, -2.0 * alpha * beta / size, _rows(dx))
+    loops.lrn_backward(_rows(x), _rows(scale), _rows(_float_channels_last(dy)), size, beta,
+                       -2.0 * alpha * beta / size, _rows(dx))
     return dx
 
 
@@ -106,9 +110,8 @@ def max_pool_backward(dy, arg, in_hw, kernel, stride, pad):
     """dx of max_pool from its output gradient dy and the index it returned (float32, channels_last)."""
     n, c, oh, ow = dy.shape
     dx = torch.empty((n, c) + tuple(in_hw), memory_format=torch.channels_last)
-    dy = dy.float().contiguous(memory_format=torch.channels_last)
-    _threads().max_pool_backward(_rows(dy), _rows(arg), n, in_hw[0], in_hw[1], kernel, stride, pad, (oh, ow),
-                                 _rows(dx))
+    _threads().max_pool_backward(_rows(_float_channels_last(dy)), _rows(arg), n, in_hw[0], in_hw[1], kernel, stride,
+                                 pad, (oh, ow), _rows(dx))
     return dx
 
 
