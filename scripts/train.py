@@ -5,12 +5,12 @@ Examples:
   python scripts/train.py --solver S.prototxt --snapshot snapshots/x_iter_1000.solverstate      (resume)
   torchrun --nproc_per_node=4 scripts/train.py --solver S.prototxt                              (multi-GPU / node)
 
-On the CPU, wide 3×3 convolutions run as Winograd F(2×2,3×3) (the log names them; `engine: CAFFE` on a layer or
-CAFFECAM_WINOGRAD=0 keeps them direct), and malloc keeps freed memory for the next step (CAFFECAM_KEEP_MEMORY=0
-turns that off). --bf16 runs convolutions and matrix products in bfloat16 (on CUDA, or on a CPU with AVX512-BF16 or
-AMX; refused with one line elsewhere), weights and Caffe's update staying float32. On CUDA, float32 stays IEEE
-float32 (TF32 only with --tf32) and cuDNN is deterministic when random_seed >= 0, so that a resume continues the
-same run; the log's first lines say which.
+On the CPU, wide 3×3 convolutions run as Winograd F(4×4,3×3) or F(2×2,3×3) (the log names them; `engine: CAFFE` on a
+layer or CAFFECAM_WINOGRAD=0 keeps them direct, CAFFECAM_WINOGRAD=2 keeps 2×2 tiles), and malloc keeps freed memory
+for the next step (CAFFECAM_KEEP_MEMORY=0 turns that off). --bf16 runs convolutions and matrix products in bfloat16
+(on CUDA, or on a CPU with AVX512-BF16 or AMX; refused with one line elsewhere), weights and Caffe's update staying
+float32. On CUDA, float32 stays IEEE float32 (TF32 only with --tf32) and cuDNN is deterministic when random_seed >=
+0, so that a resume continues the same run; the log's first lines say which.
 """
 
 import sys

@@ -331,7 +331,8 @@ class Net(nn.Module):
         self.layers[0].set_input_arrays(data, labels)
 
     def winograd_layers(self):
-        """Names of the Convolution layers that run as Winograd F(2×2, 3×3) on the CPU at the set-up shapes."""
+        """Names of the Convolution layers that run as Winograd (F(2×2) or F(4×4), 3×3) on the CPU at the set-up
+        shapes."""
         if not winograd.ENABLED:
             return []
         return [lp.name for lp, layer in zip(self.layer_params, self.layers) if lp.type == "Convolution"

@@ -20,17 +20,17 @@ import os
 import torch
 
 ENABLED = os.environ.get("CAFFECAM_LOOPS", "1") != "0"
-_numba = _numba_winograd = None
+_numba = _numba_winograd = _numba_winograd4 = None
 
 
 def _load():
     """The compiled pooling and LRN module (numba_winograd loaded beside it), or False where numba is missing (the
     PyTorch path is used then)."""
-    global _numba, _numba_winograd
+    global _numba, _numba_winograd, _numba_winograd4
     if _numba is None:
         try:
-            from caffecam.engine.kernels import numba_loops, numba_winograd
-            _numba, _numba_winograd = numba_loops, numba_winograd
+            from caffecam.engine.kernels import numba_loops, numba_winograd, numba_winograd4
+            _numba, _numba_winograd, _numba_winograd4 = numba_loops, numba_winograd, numba_winograd4
         except Exception:  # no numba, or no place numba can keep its compiled cache: the PyTorch path, same values
             _numba = False
     return _numba
@@ -66,9 +66,9 @@ def _threads():
     return loops
 
 
-def _winograd():
+def _winograd(tile=2):
     _threads()
-    return _numba_winograd
+    return _numba_winograd if tile == 2 else _numba_winograd4
 
 
 def lrn_forward(x, size, alpha, beta, k):
@@ -115,7 +115,9 @@ def max_pool_backward(dy, arg, in_hw, kernel, stride, pad):
     return dx
 
 
-# ---- Winograd F(2×2, 3×3) transforms for winograd.py (float32 on the CPU) -----------------------------------------
+# ---- Winograd F(2×2, 3×3) and F(4×4, 3×3) transforms for winograd.py (float32 on the CPU) -------------------------
+# `mat` is None for F(2×2) (its coefficients are written into numba_winograd.py's loops), else F(4×4)'s matrix
+# (winograd.BT4, AT4 or G4; numba_winograd4.py's loops take it as an argument).
 
 def winograd_ready(t):
     """Whether winograd.py's transforms of t run as compiled loops (one pass each; the PyTorch composition makes
@@ -123,41 +125,54 @@ def winograd_ready(t):
     return _usable(t, (torch.float32,))
 
 
-def winograd_input(xh, th, tw, groups=1):
-    """N×H×W×C (contiguous) -> (groups, 16, N·th·tw, C/groups) transformed tiles."""
+def _tile_values(mat):
+    return 16 if mat is None else mat.shape[1] ** 2
+
+
+def _with(mat, *args):
+    return args if mat is None else args[:-1] + (mat, args[-1])
+
+
+def winograd_input(xh, th, tw, groups=1, mat=None):
+    """N×H×W×C (contiguous) -> (groups, 16 or 36, N·th·tw, C/groups) transformed tiles."""
     n, h, w, c = xh.shape
-    v = torch.empty((groups, 16, n * th * tw, c // groups))
-    _winograd().winograd_input(xh.detach().reshape(-1, c).numpy(), n, h, w, th, tw, v.numpy())
+    v = torch.empty((groups, _tile_values(mat), n * th * tw, c // groups))
+    _winograd(2 if mat is None else 4).winograd_input(
+        *_with(mat, xh.detach().reshape(-1, c).numpy(), n, h, w, th, tw, v.numpy()))
     return v
 
 
-def winograd_output(m, n, th, tw, h, w, bias=None, relu=False):
-    """(G, 16, N·th·tw, K/G) tile products -> N×K×H×W channels_last output (+ bias, then ReLU when asked)."""
+def winograd_output(m, n, th, tw, h, w, bias=None, relu=False, mat=None):
+    """(G, 16 or 36, N·th·tw, K/G) tile products -> N×K×H×W channels_last output (+ bias, then ReLU when asked)."""
     k = m.shape[0] * m.shape[-1]
     out = torch.empty((n, k, h, w), memory_format=torch.channels_last)
     b = None if bias is None else bias.detach().float().contiguous().numpy()
-    _winograd().winograd_output(m.detach().contiguous().numpy(), n, h, w, th, tw, b, relu, _rows(out))
+    args = (m.detach().contiguous().numpy(), n, h, w, th, tw) + (() if mat is None else (mat,)) + (b, relu, _rows(out))
+    _winograd(2 if mat is None else 4).winograd_output(*args)
     return out
 
 
-def winograd_output_adjoint(gy, th, tw, groups=1):
-    """N×H×W×K (contiguous) output gradient -> (groups, 16, N·th·tw, K/groups)."""
+def winograd_output_adjoint(gy, th, tw, groups=1, mat=None):
+    """N×H×W×K (contiguous) output gradient -> (groups, 16 or 36, N·th·tw, K/groups)."""
     n, h, w, k = gy.shape
-    gm = torch.empty((groups, 16, n * th * tw, k // groups))
-    _winograd().winograd_output_adjoint(gy.detach().reshape(-1, k).numpy(), n, h, w, th, tw, gm.numpy())
+    gm = torch.empty((groups, _tile_values(mat), n * th * tw, k // groups))
+    _winograd(2 if mat is None else 4).winograd_output_adjoint(
+        *_with(mat, gy.detach().reshape(-1, k).numpy(), n, h, w, th, tw, gm.numpy()))
     return gm
 
 
-def winograd_filter(w, groups=1):
-    """K×C/groups×3×3 filters -> (groups, 16, K/groups, C/groups) transformed ones."""
+def winograd_filter(w, groups=1, mat=None):
+    """K×C/groups×3×3 filters -> (groups, 16 or 36, K/groups, C/groups) transformed ones."""
     g = w.detach().permute(0, 2, 3, 1).contiguous()
-    u = torch.empty((groups, 16, g.shape[0] // groups, g.shape[3]))
-    _winograd().winograd_filter(g.numpy(), u.numpy())
+    u = torch.empty((groups, 16 if mat is None else mat.shape[0] ** 2, g.shape[0] // groups, g.shape[3]))
+    _winograd(2 if mat is None else 4).winograd_filter(*_with(mat, g.numpy(), u.numpy()))
     return u
 
 
-def winograd_filter_adjoint(gu):
-    """(G, 16, K/G, C/G) gradient of the transformed filters -> K×C/G×3×3 (channels_last memory) filter gradient."""
+def winograd_filter_adjoint(gu, mat=None):
+    """(G, 16 or 36, K/G, C/G) gradient of the transformed filters -> K×C/G×3×3 (channels_last memory) filter
+    gradient."""
     g = torch.empty((gu.shape[0] * gu.shape[2], 3, 3, gu.shape[3]))
-    _winograd().winograd_filter_adjoint(gu.detach().contiguous().numpy(), g.numpy())
+    _winograd(2 if mat is None else 4).winograd_filter_adjoint(*_with(mat, gu.detach().contiguous().numpy(),
+                                                                      g.numpy()))
     return g.permute(0, 3, 1, 2)

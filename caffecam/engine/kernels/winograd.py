@@ -1,4 +1,4 @@
-"""3×3 convolution (stride 1, pad 1) by Winograd's minimal filtering F(2×2, 3×3), for the CPU.
+"""3×3 convolution (stride 1, pad 1) by Winograd's minimal filtering F(2×2, 3×3) and F(4×4, 3×3), for the CPU.
 
 Caffe's CPU engine computes a convolution as im2col + GEMM; cuDNN, which Caffe uses on GPUs, picks Winograd for
 these layers. F(2×2, 3×3) computes each 2×2 output tile from a 4×4 input tile with 16 multiplications per channel
@@ -12,14 +12,24 @@ tested against a float64 reference). Backward is the adjoint of the same linear 
 convolution of the output gradient with the flipped, transposed filters, and the filter gradient is
 Gᵀ [Σ_tiles (Bᵀ d B)ᵀ (A gY Aᵀ)] G from the forward's transformed tiles.
 
+F(4×4, 3×3) (BT4, G4, AT4 below) takes a 6×6 input tile (stride 4) to a 4×4 output tile with 36 products: 2.25
+per output against F(2×2)'s 4, and fewer transformed values to write and read. It runs where the compiled loops do
+(cpu_loops, numba_winograd4.py) and its tiles need fewer products than 2×2 ones (tile_size): GoogLeNet-CAM's
+CAM_conv at batch 32, forward and backward, 365 -> 332 ms; inception_3b/3x3 108 -> 89 ms; a whole training step
+×1.03 (15 alternating rounds). Its rounding is larger: 5e-6 of the largest output on 416 random ReLU'd channels,
+against 7e-7 for F(2×2) and direct convolution; on real nets it stays at Caffe's level (Places365-VGG16's recorded
+blobs: conv3_3 3.7e-7 from Caffe's with F(4×4), 6.2e-7 with F(2×2)). CAFFECAM_WINOGRAD=2 keeps F(2×2).
+
 Tensors run through it as N×H×W×C, which is channels_last memory: a channels_last input costs no copy. The
-transformed tiles, filters and products are group-major, (groups, 16, rows, channels of a group), so that a grouped
-layer's GEMMs are one batch of 16·groups contiguous matrices (GoogLeNet-CAM's CAM_conv, group 2: its three GEMMs
-246 -> 219 ms at batch 32, against column slices of one (16, rows, channels) array).
+transformed tiles, filters and products are group-major, (groups, 16 or 36, rows, channels of a group), so that a
+grouped layer's GEMMs are one batch of 16·groups contiguous matrices (GoogLeNet-CAM's CAM_conv, group 2: its three
+GEMMs 246 -> 219 ms at batch 32, against column slices of one (16, rows, channels) array).
 """
 
 import os
+from fractions import Fraction
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,9 +50,11 @@ def _ungrouped(t):
     return t.view(16, r, cg) if g == 1 else t.permute(1, 2, 0, 3).reshape(16, r, g * cg)
 
 
-def _input_transform(xh, th, tw, groups=1):
+def _input_transform(xh, th, tw, groups=1, tile=2):
     """N×H×W×C -> (groups, 16, N·th·tw, C/groups): Bᵀ d B for each 4×4 tile d of the input padded by 1 (tiles 2
-    apart)."""
+    apart). tile 4: F(4×4)'s, (groups, 36, ...), compiled loops only."""
+    if tile == 4:
+        return cpu_loops.winograd_input(xh, th, tw, groups, BT4)
     if cpu_loops.winograd_ready(xh):
         return cpu_loops.winograd_input(xh, th, tw, groups)
     n, h, w, c = xh.shape
@@ -63,9 +75,11 @@ def _input_transform(xh, th, tw, groups=1):
     return _group_major(v.view(16, n * th * tw, c), groups)
 
 
-def _filter_transform(w, groups=1):
+def _filter_transform(w, groups=1, tile=2):
     """K×C/groups×3×3 -> (groups, 16, K/groups, C/groups): G g Gᵀ for every filter, G rows (g0, (g0+g1+g2)/2,
-    (g0−g1+g2)/2, g2)."""
+    (g0−g1+g2)/2, g2). tile 4: F(4×4)'s, (groups, 36, ...)."""
+    if tile == 4:
+        return cpu_loops.winograd_filter(w, groups, G4)
     if cpu_loops.winograd_ready(w):
         return cpu_loops.winograd_filter(w, groups)
     g = w.permute(0, 2, 3, 1)  # K×3×3×C: contiguous for channels_last weights
@@ -88,6 +102,8 @@ def _filter_transform(w, groups=1):
 def _filter_transform_adjoint(gu):
     """(groups, 16, K/groups, C/groups) -> K×C/groups×3×3 (channels_last memory): Gᵀ gU G, the filter gradient from
     the gradient of the transformed filters. Gᵀ rows: (u0 + (u1+u2)/2, (u1−u2)/2, (u1+u2)/2 + u3)."""
+    if gu.shape[1] == 36:
+        return cpu_loops.winograd_filter_adjoint(gu, G4)
     if cpu_loops.winograd_ready(gu):
         return cpu_loops.winograd_filter_adjoint(gu)
     gu = gu.transpose(0, 1).reshape(16, gu.shape[0] * gu.shape[2], gu.shape[3])  # (16, K, C/groups)
@@ -109,7 +125,9 @@ def _filter_transform_adjoint(gu):
 def _output_transform(m, n, th, tw, h, w, bias=None, relu=False):
     """(groups, 16, N·th·tw, K/groups) -> N×K×H×W in channels_last memory (a tensor of its own, not a view, so that
     an in-place ReLU may follow): Aᵀ m A per tile, Aᵀ rows (m0 + m1 + m2, m1 − m2 − m3), plus the bias, then
-    max(·, 0) with `relu` (inside the compiled loop's pass)."""
+    max(·, 0) with `relu` (inside the compiled loop's pass). 36 products a tile: F(4×4)'s."""
+    if m.shape[1] == 36:
+        return cpu_loops.winograd_output(m, n, th, tw, h, w, bias, relu, AT4)
     if cpu_loops.winograd_ready(m):
         return cpu_loops.winograd_output(m, n, th, tw, h, w, bias, relu)
     m = _ungrouped(m)
@@ -131,9 +149,11 @@ def _output_transform(m, n, th, tw, h, w, bias=None, relu=False):
     return out if (h, w) == out.shape[2:] else out[:, :, :h, :w].clone(memory_format=torch.channels_last)
 
 
-def _output_transform_adjoint(gy, th, tw, groups=1):
+def _output_transform_adjoint(gy, th, tw, groups=1, tile=2):
     """N×H×W×K output gradient -> (groups, 16, N·th·tw, K/groups): A gY Aᵀ per 2×2 tile, A rows (y0, y0 + y1,
-    y0 − y1, −y1)."""
+    y0 − y1, −y1). tile 4: F(4×4)'s, (groups, 36, ...)."""
+    if tile == 4:
+        return cpu_loops.winograd_output_adjoint(gy, th, tw, groups, AT4)
     if cpu_loops.winograd_ready(gy):
         return cpu_loops.winograd_output_adjoint(gy, th, tw, groups)
     n, h, w, k = gy.shape
@@ -162,17 +182,18 @@ def _conv_nhwc(xh, u, bias=None, relu=False):
     """N×H×W×C input, transformed filters (groups, 16, K/groups, C/groups) -> (N×K×H×W output, transformed input
     tiles)."""
     n, h, w, c = xh.shape
-    th, tw = (h + 1) // 2, (w + 1) // 2
-    groups, _, kg, _ = u.shape
-    v = _input_transform(xh, th, tw, groups)
-    m = torch.bmm(_batched(v), _batched(u).transpose(1, 2)).view(groups, 16, -1, kg)
+    groups, values, kg, _ = u.shape
+    tile = 2 if values == 16 else 4
+    th, tw = -(-h // tile), -(-w // tile)
+    v = _input_transform(xh, th, tw, groups, tile)
+    m = torch.bmm(_batched(v), _batched(u).transpose(1, 2)).view(groups, values, -1, kg)
     return _output_transform(m, n, th, tw, h, w, bias, relu), v
 
 
 def _filter_grad_products(gm, v):
     """(G, 16, P, K/G) tile gradients, (G, 16, P, C/G) input tiles -> (G, 16, K/G, C/G): gMᵀ V within each
     group."""
-    return torch.bmm(_batched(gm).transpose(1, 2), _batched(v)).view(gm.shape[0], 16, gm.shape[3], v.shape[3])
+    return torch.bmm(_batched(gm).transpose(1, 2), _batched(v)).view(gm.shape[:2] + (gm.shape[3], v.shape[3]))
 
 
 def _nhwc(x):
@@ -181,16 +202,16 @@ def _nhwc(x):
 
 class _Winograd3x3(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, groups):
-        y, v = _conv_nhwc(_nhwc(x), _filter_transform(weight, groups), bias)
+    def forward(ctx, x, weight, bias, groups, tile):
+        y, v = _conv_nhwc(_nhwc(x), _filter_transform(weight, groups, tile), bias)
         ctx.save_for_backward(v, weight)
-        ctx.has_bias, ctx.groups = bias is not None, groups
+        ctx.has_bias, ctx.groups, ctx.tile = bias is not None, groups, tile
         return y
 
     @staticmethod
     def backward(ctx, grad):
         v, weight = ctx.saved_tensors
-        groups = ctx.groups
+        groups, tile = ctx.groups, ctx.tile
         gh = _nhwc(grad)
         n, h, w, _ = gh.shape
         gx = gw = gb = None
@@ -199,33 +220,46 @@ class _Winograd3x3(torch.autograd.Function):
             # (K/g×C/g -> C/g×K/g) and flipped.
             k, cg = weight.shape[:2]
             flipped = weight.view(groups, k // groups, cg, 3, 3).transpose(1, 2).reshape(cg * groups, k // groups, 3, 3)
-            gx = _conv_nhwc(gh, _filter_transform(flipped.flip(2, 3), groups))[0]
+            gx = _conv_nhwc(gh, _filter_transform(flipped.flip(2, 3), groups, tile))[0]
         if ctx.needs_input_grad[1]:
-            gm = _output_transform_adjoint(gh, (h + 1) // 2, (w + 1) // 2, groups)
+            gm = _output_transform_adjoint(gh, -(-h // tile), -(-w // tile), groups, tile)
             gw = _filter_transform_adjoint(_filter_grad_products(gm, v))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gh.sum((0, 1, 2))
-        return gx, gw, gb, None
+        return gx, gw, gb, None, None
 
 
-def conv3x3(x, weight, bias=None, groups=1):
-    """Same as F.conv2d(x, weight, bias, stride=1, padding=1, groups=groups) for N×C×H×W x, K×C/groups×3×3 weight."""
+def tile_size(x):
+    """4 (F(4×4, 3×3)) where the compiled loops take x and 4×4 tiles need fewer products than 2×2 ones for its
+    height and width (36 a tile against 16: at 14×14, 16 tiles against 49; at 6×6, 4 against 9 is a tie, so 2);
+    else 2. CAFFECAM_WINOGRAD=2 keeps 2×2 tiles everywhere."""
+    h, w = x.shape[-2:]
+    if TILE4 and cpu_loops.winograd_ready(x) and 36 * -(-h // 4) * -(-w // 4) < 16 * -(-h // 2) * -(-w // 2):
+        return 4
+    return 2
+
+
+def conv3x3(x, weight, bias=None, groups=1, tile=None):
+    """Same as F.conv2d(x, weight, bias, stride=1, padding=1, groups=groups) for N×C×H×W x, K×C/groups×3×3 weight.
+    tile: 2 or 4 (F(2×2) or F(4×4); 4 only where the compiled loops take x, else 2); None: tile_size(x)."""
+    tile = tile_size(x) if tile is None or not cpu_loops.winograd_ready(x) else tile
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
                                     (bias is not None and bias.requires_grad)):
-        return _Winograd3x3.apply(x, weight, bias, groups)
-    return _conv_nhwc(_nhwc(x), _filter_transform(weight, groups), bias)[0]
+        return _Winograd3x3.apply(x, weight, bias, groups, tile)
+    return _conv_nhwc(_nhwc(x), _filter_transform(weight, groups, tile), bias)[0]
 
 
 def conv3x3_inference(x, weight, bias, groups, relu, holder):
     """conv3x3 where no gradient is recorded, and max(·, 0) after it with `relu`: the transformed filters are kept
     on `holder` (the layer) while `weight` stays the same tensor, unwritten. Only with the compiled transforms
     (cpu_loops.winograd_ready): the PyTorch composition is slower than direct convolution for a forward alone."""
+    tile = tile_size(x)
     if weight.is_inference():  # no version counter to tell a write: transformed on every call
-        return _conv_nhwc(_nhwc(x), _filter_transform(weight, groups), bias, relu)[0]
+        return _conv_nhwc(_nhwc(x), _filter_transform(weight, groups, tile), bias, relu)[0]
     cached = getattr(holder, "_winograd_filters", None)
     # the weight itself is held, so no other tensor can take its address while the filters are kept
-    if cached is None or cached[0] is not weight or cached[1] != weight._version:
-        cached = (weight, weight._version, _filter_transform(weight.detach(), groups))
+    if cached is None or cached[0] is not weight or cached[1] != (weight._version, tile):
+        cached = (weight, (weight._version, tile), _filter_transform(weight.detach(), groups, tile))
         holder._winograd_filters = cached
     return _conv_nhwc(_nhwc(x), cached[2], bias, relu)[0]
 
@@ -258,5 +292,18 @@ def suits_shapes(x_shape, weight_shape, stride, pad, dilation, group):
 
 
 MIN_CHANNELS, MIN_TILES = 128, 384
-# CAFFECAM_WINOGRAD=0 turns it off everywhere (a layer's `engine: CAFFE` turns it off for that layer).
+# CAFFECAM_WINOGRAD=0 turns it off everywhere (a layer's `engine: CAFFE` turns it off for that layer); =2 keeps
+# F(2×2) tiles everywhere.
 ENABLED = os.environ.get("CAFFECAM_WINOGRAD", "1") != "0"
+TILE4 = os.environ.get("CAFFECAM_WINOGRAD", "1") != "2"
+
+# F(4×4, 3×3) by Toom-Cook at the points 0, −1, 1, −1/2, 2 and ∞: Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A for a 6×6 input
+# tile d (stride 4) and a 4×4 output tile. Of the point sets tried, this one gave the smallest float32 error
+# (5e-6 of the largest output against 1.5e-5 for 0, ±1, ±2 and 7e-7 for F(2×2), on 416 ReLU'd channels).
+_F = [[float(Fraction(v)) for v in row.split()] for row in """
+1 3/2 -2 -3/2 1 0 | 0 1 1/2 -5/2 1 0 | 0 -1 -5/2 -1/2 1 0 | 0 2 -1 -2 1 0 | 0 -1/2 -1 1/2 1 0 | 0 1 3/2 -2 -3/2 1
+| 1 0 0 | 1/3 -1/3 1/3 | -1/3 -1/3 -1/3 | -16/15 8/15 -4/15 | 1/15 2/15 4/15 | 0 0 1
+| 1 1 1 1 1 0 | 0 -1 1 -1/2 2 0 | 0 1 1 1/4 4 0 | 0 -1 1 -1/8 8 1""".split("|")]
+BT4 = np.array(_F[:6], np.float32)   # exact in float32
+G4 = np.array(_F[6:12], np.float64)  # thirds and fifteenths: the filter transforms sum in float64
+AT4 = np.array(_F[12:], np.float32)  # exact in float32

@@ -1,5 +1,5 @@
-"""Winograd F(2×2, 3×3): values against the float64 NumPy convolution, gradients, memory layout, `suits`, the
-Convolution layer's use of it."""
+"""Winograd F(2×2, 3×3) and F(4×4, 3×3): values against the float64 NumPy convolution, gradients, memory layout,
+`suits`, the tile size, the Convolution layer's use of it."""
 
 
 import numpy as np
@@ -272,8 +272,105 @@ def test_compiled_transforms_give_the_same_floats(n, c, k, h, w, groups, monkeyp
     for loops in (True, False):
         monkeypatch.setattr(cpu_loops, "ENABLED", loops)
         xs, ws, bs = (t.clone().requires_grad_() for t in (x.contiguous(memory_format=CL), wt, b))
-        y = winograd.conv3x3(xs, ws, bs, groups)
+        y = winograd.conv3x3(xs, ws, bs, groups, tile=2)  # F(4×4) has no PyTorch composition
         y.backward(dy)
         results.append((y.detach(), xs.grad, ws.grad, bs.grad))
     for fast, plain in zip(*results):
         assert torch.equal(fast, plain)
+
+
+# -- F(4×4, 3×3): compiled loops only ------------------------------------------------------------------------
+
+def needs_loops():
+    from caffecam.engine.kernels import cpu_loops
+    if cpu_loops._load() is False:
+        pytest.skip("numba is not installed")
+
+
+def test_tile4_matrices_are_a_minimal_filtering_algorithm():
+    """Aᵀ [(G g) ⊙ (Bᵀ d)] is the 4-output correlation y_i = Σ_k g_k d_(i+k) of a 6-value d with a 3-value g, for
+    every d and g: checked on the basis (36 × 3 products, each exactly 0 or 1 in float64) and on random values."""
+    at, g_mat, bt = (np.asarray(m, np.float64) for m in (winograd.AT4, winograd.G4, winograd.BT4))
+    assert at.shape == (4, 6) and g_mat.shape == (6, 3) and bt.shape == (6, 6)
+    for k in range(3):
+        for j in range(6):
+            g, d = np.eye(3)[k], np.eye(6)[j]
+            expect = np.array([float(i + k == j) for i in range(4)])
+            np.testing.assert_allclose(at @ ((g_mat @ g) * (bt @ d)), expect, atol=1e-12)
+    rng = np.random.default_rng(0)
+    g, d = rng.standard_normal(3), rng.standard_normal(6)
+    np.testing.assert_allclose(at @ ((g_mat @ g) * (bt @ d)), np.correlate(d, g, "valid"), rtol=1e-12)
+
+
+@pytest.mark.parametrize("n,c,k,h,w,groups", SHAPES + [(2, 16, 8, 14, 14, 2), (1, 8, 4, 28, 9, 1)])
+def test_tile4_forward_matches_float64_reference(n, c, k, h, w, groups):
+    needs_loops()
+    x, wt, b = case(n, c, k, h, w, groups, seed=h * 7 + w)
+    y = winograd.conv3x3(x.contiguous(memory_format=CL), wt, b, groups, tile=4)
+    assert y.shape == (n, k, h, w) and y.is_contiguous(memory_format=CL)
+    assert rel_err(y, reference(x, wt, b, groups)) < 1e-5
+
+
+@pytest.mark.parametrize("n,c,k,h,w,groups", [(2, 8, 6, 9, 7, 1), (1, 8, 8, 14, 14, 2), (3, 16, 12, 5, 3, 4),
+                                              (2, 4, 4, 1, 1, 1)])
+def test_tile4_gradients_match_float64_convolution(n, c, k, h, w, groups):
+    """dx, dW and db of F(4×4) in float32 against F.conv2d's in float64."""
+    needs_loops()
+    x, wt, b = case(n, c, k, h, w, groups, seed=c + h)
+    gy = torch.randn((n, k, h, w), generator=torch.Generator().manual_seed(6))
+    ours = [t.clone().requires_grad_() for t in (x.contiguous(memory_format=CL), wt, b)]
+    (winograd.conv3x3(*ours, groups, tile=4) * gy).sum().backward()
+    exact = [t.double().requires_grad_() for t in (x, wt, b)]
+    (F.conv2d(*exact, padding=1, groups=groups) * gy.double()).sum().backward()
+    for mine, ref64 in zip(ours, exact):
+        assert rel_err(mine.grad, ref64.grad.numpy()) < 1e-5
+
+
+def test_tile4_error_on_wide_relu_input():
+    """The rounding F(4×4) adds, on CAM_conv-like input (416 ReLU'd channels per group, 14×14): 5e-6 of the largest
+    output measured (the docstring's figure), against 7e-7 for F(2×2); a wrong coefficient would give 1e-1."""
+    needs_loops()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((2, 832, 14, 14), generator=gen).relu_().contiguous(memory_format=CL)
+    wt = torch.randn((32, 416, 3, 3), generator=gen) * 0.02
+    expect = F.conv2d(x.double(), wt.double(), padding=1, groups=2).numpy()
+    err4 = rel_err(winograd.conv3x3(x, wt, None, 2, tile=4), expect)
+    err2 = rel_err(winograd.conv3x3(x, wt, None, 2, tile=2), expect)
+    assert err2 < 2e-6 and err4 < 1.5e-5
+
+
+@pytest.mark.parametrize("hw,tile", [((14, 14), 4), ((7, 7), 4), ((56, 56), 4), ((28, 9), 4), ((6, 6), 2),
+                                     ((5, 5), 2), ((2, 2), 2), ((14, 2), 2)])
+def test_tile_size_takes_4x4_where_it_needs_fewer_products(hw, tile):
+    needs_loops()
+    assert winograd.tile_size(torch.empty((1, 8) + hw)) == tile
+
+
+def test_tile_size_is_2_without_the_loops_or_when_asked(monkeypatch):
+    needs_loops()
+    from caffecam.engine.kernels import cpu_loops
+    x = torch.empty((1, 8, 14, 14))
+    assert winograd.tile_size(x.double()) == 2  # the loops take float32 only
+    monkeypatch.setattr(winograd, "TILE4", False)  # CAFFECAM_WINOGRAD=2
+    assert winograd.tile_size(x) == 2
+    monkeypatch.setattr(winograd, "TILE4", True)
+    monkeypatch.setattr(cpu_loops, "ENABLED", False)
+    assert winograd.tile_size(x) == 2
+
+
+def test_tile4_inference_keeps_filters_per_tile_size(monkeypatch):
+    """conv3x3_inference keeps the transformed filters on the layer: a change of tile size transforms them again."""
+    needs_loops()
+    x, wt, b = case(2, 8, 6, 14, 14, 1, seed=5)
+    x = x.contiguous(memory_format=CL)
+
+    class Holder:
+        pass
+
+    holder, expect = Holder(), reference(x, wt, b, 1)
+    with torch.no_grad():
+        for tile4 in (True, False, True):
+            monkeypatch.setattr(winograd, "TILE4", tile4)
+            y = winograd.conv3x3_inference(x, wt, b, 1, False, holder)
+            assert holder._winograd_filters[2].shape[1] == (36 if tile4 else 16)
+            assert rel_err(y, expect) < 1e-5

@@ -1,0 +1,212 @@
+"""Winograd F(4×4, 3×3)'s tile transforms as numba loops, behind cpu_loops.py for winograd.py (which has the
+matrices, BT, G and AT, and the error figures). Each transform is a product of a small constant matrix with the tile
+on each side, Y[i, j] = Σ_k Σ_l L[i, k] T[k, l] L[j, l]: along the tile's rows first, then its columns, each sum in
+k order, terms with a zero coefficient left out (the branch sits outside the loop over channels, which vectorizes).
+
+The transformed arrays are group-major, (groups, 36, rows, channels of a group), as in numba_winograd.py.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(inline="always")
+def _combine(mat, i, src, stride, offset, out):
+    """out[:] = Σ_k mat[i, k] · src[k·stride + offset, :], in k order, zero coefficients skipped."""
+    first = True
+    for k in range(mat.shape[1]):
+        coef = mat[i, k]
+        if coef == 0:
+            continue
+        s = k * stride + offset
+        if first:
+            for ch in range(out.shape[0]):
+                out[ch] = coef * src[s, ch]
+            first = False
+        else:
+            for ch in range(out.shape[0]):
+                out[ch] += coef * src[s, ch]
+    if first:
+        out[:] = 0
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _input(x, n, h, w, th, tw, bt, v):
+    """x: (N·H·W, C) rows -> v (G, 36, N·th·tw, C/G): Bᵀ d B of each 6×6 tile d (rows and columns 4·t − 1 …
+    4·t + 4, zero outside the input)."""
+    c, groups, cg = x.shape[1], v.shape[0], v.shape[3]
+    a = bt.shape[0]
+    for task in prange(n * th):
+        image, ty = task // th, task % th
+        d = np.empty((a * a, c), np.float32)
+        rows = np.empty((a * a, c), np.float32)
+        acc = np.empty(c, np.float32)
+        for tx in range(tw):
+            for i in range(a):
+                yy = (a - 2) * ty - 1 + i
+                for j in range(a):
+                    xx = (a - 2) * tx - 1 + j
+                    if 0 <= yy < h and 0 <= xx < w:
+                        src = (image * h + yy) * w + xx
+                        for ch in range(c):
+                            d[i * a + j, ch] = x[src, ch]
+                    else:
+                        for ch in range(c):
+                            d[i * a + j, ch] = 0
+            for i in range(a):  # rows[i·a + j] = Σ_k bt[i, k] d[k·a + j]
+                for j in range(a):
+                    _combine(bt, i, d, a, j, rows[i * a + j])
+            p = (image * th + ty) * tw + tx
+            for i in range(a):  # v[i·a + j] = Σ_l bt[j, l] rows[i·a + l]
+                for j in range(a):
+                    _combine(bt, j, rows, 1, i * a, acc)
+                    for grp in range(groups):
+                        for cc in range(cg):
+                            v[grp, i * a + j, p, cc] = acc[grp * cg + cc]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _output(m, n, h, w, th, tw, at, bias, has_bias, relu, y):
+    """m (G, 36, N·th·tw, K/G) -> y (N·H·W, K) rows: Aᵀ m A of each tile, then + bias, then max(·, 0) when relu;
+    the part of a tile past the edge is dropped."""
+    groups, kg = m.shape[0], m.shape[3]
+    k = groups * kg
+    e, a = at.shape
+    for task in prange(n * th):
+        image, ty = task // th, task % th
+        t = np.empty((a * a, k), np.float32)
+        rows = np.empty((e * a, k), np.float32)
+        out = np.empty(k, np.float32)
+        for tx in range(tw):
+            p = (image * th + ty) * tw + tx
+            for q in range(a * a):
+                for grp in range(groups):
+                    for kk in range(kg):
+                        t[q, grp * kg + kk] = m[grp, q, p, kk]
+            for i in range(e):  # rows[i·a + j] = Σ_k at[i, k] t[k·a + j]
+                for j in range(a):
+                    _combine(at, i, t, a, j, rows[i * a + j])
+            for i in range(e):
+                yy = e * ty + i
+                if yy >= h:
+                    break
+                for j in range(e):
+                    xx = e * tx + j
+                    if xx >= w:
+                        break
+                    _combine(at, j, rows, 1, i * a, out)
+                    if has_bias:
+                        for ch in range(k):
+                            out[ch] += bias[ch]
+                    if relu:
+                        for ch in range(k):
+                            out[ch] = max(out[ch], np.float32(0))
+                    dst = (image * h + yy) * w + xx
+                    for ch in range(k):
+                        y[dst, ch] = out[ch]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _output_adjoint(gy, n, h, w, th, tw, at, gm):
+    """gy (N·H·W, K) rows -> gm (G, 36, N·th·tw, K/G): A gY Aᵀ of each 4×4 tile (zero past the edge)."""
+    k, groups, kg = gy.shape[1], gm.shape[0], gm.shape[3]
+    e, a = at.shape
+    a_mat = np.ascontiguousarray(at.T)
+    for task in prange(n * th):
+        image, ty = task // th, task % th
+        g = np.empty((e * e, k), np.float32)
+        rows = np.empty((a * e, k), np.float32)
+        acc = np.empty(k, np.float32)
+        for tx in range(tw):
+            for i in range(e):
+                yy = e * ty + i
+                for j in range(e):
+                    xx = e * tx + j
+                    if yy < h and xx < w:
+                        src = (image * h + yy) * w + xx
+                        for ch in range(k):
+                            g[i * e + j, ch] = gy[src, ch]
+                    else:
+                        for ch in range(k):
+                            g[i * e + j, ch] = 0
+            for r in range(a):  # rows[r·e + j] = Σ_i at[i, r] g[i·e + j]
+                for j in range(e):
+                    _combine(a_mat, r, g, e, j, rows[r * e + j])
+            p = (image * th + ty) * tw + tx
+            for r in range(a):  # gm[r·a + l] = Σ_j at[j, l] rows[r·e + j]
+                for q in range(a):
+                    _combine(a_mat, q, rows, 1, r * e, acc)
+                    for grp in range(groups):
+                        for kk in range(kg):
+                            gm[grp, r * a + q, p, kk] = acc[grp * kg + kk]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _filter(g, gmat, u):
+    """g (K, 3, 3, C/G) float32 filters -> u (G, 36, K/G, C/G): G g Gᵀ, summed in float64 (G has thirds and
+    fifteenths), rounded once."""
+    k, c, kg = g.shape[0], g.shape[3], u.shape[2]
+    a, r = gmat.shape
+    for f in prange(k):
+        grp, ff = f // kg, f % kg
+        src = np.empty((r * r, c), np.float64)
+        for i in range(r):
+            for j in range(r):
+                for ch in range(c):
+                    src[i * r + j, ch] = g[f, i, j, ch]
+        rows = np.empty((a * r, c), np.float64)
+        acc = np.empty(c, np.float64)
+        for i in range(a):
+            for j in range(r):
+                _combine(gmat, i, src, r, j, rows[i * r + j])
+        for i in range(a):
+            for j in range(a):
+                _combine(gmat, j, rows, 1, i * r, acc)
+                for ch in range(c):
+                    u[grp, i * a + j, ff, ch] = np.float32(acc[ch])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _filter_adjoint(gu, gmat, g):
+    """gu (G, 36, K/G, C/G) -> g (K, 3, 3, C/G): Gᵀ gU G, summed in float64, rounded once."""
+    kg, c = gu.shape[2], gu.shape[3]
+    k = gu.shape[0] * kg
+    a, r = gmat.shape
+    gt = np.ascontiguousarray(gmat.T)
+    for f in prange(k):
+        grp, ff = f // kg, f % kg
+        src = np.empty((a * a, c), np.float64)
+        for q in range(a * a):
+            for ch in range(c):
+                src[q, ch] = gu[grp, q, ff, ch]
+        rows = np.empty((r * a, c), np.float64)
+        acc = np.empty(c, np.float64)
+        for i in range(r):
+            for j in range(a):
+                _combine(gt, i, src, a, j, rows[i * a + j])
+        for i in range(r):
+            for j in range(r):
+                _combine(gt, j, rows, 1, i * a, acc)
+                for ch in range(c):
+                    g[f, i, j, ch] = np.float32(acc[ch])
+
+
+def winograd_input(x, n, h, w, th, tw, bt, v):
+    _input(x, n, h, w, th, tw, bt, v)
+
+
+def winograd_output(m, n, h, w, th, tw, at, bias, relu, y):
+    has_bias = bias is not None
+    _output(m, n, h, w, th, tw, at, bias if has_bias else np.zeros(1, np.float32), has_bias, relu, y)
+
+
+def winograd_output_adjoint(gy, n, h, w, th, tw, at, gm):
+    _output_adjoint(gy, n, h, w, th, tw, at, gm)
+
+
+def winograd_filter(g, gmat, u):
+    _filter(g, gmat, u)
+
+
+def winograd_filter_adjoint(gu, gmat, g):
+    _filter_adjoint(gu, gmat, g)
