@@ -51,7 +51,8 @@ def _relu_pool_pairs(layer_params, layers):
     """{i: j} where the in-place ReLU i (slope 0) has one reader of its top, the one-top MAX Pooling j. There the
     pooling's backward can do the ReLU's as well (Net.forward): a gradient reaches only each window's maximum, and
     ReLU's backward keeps it where that maximum is above 0. That saves a pass over the largest blobs (GoogLeNet's
-    and AlexNet's conv1: reading the gradient and the top, writing the result)."""
+    and AlexNet's conv1: reading the gradient and the top, writing the result). In training on the compiled loops,
+    float32 or bfloat16."""
     pairs = {}
     for i, (lp, layer) in enumerate(zip(layer_params, layers)):
         if lp.type != "ReLU" or not layer.inplace or layer.slope != 0:

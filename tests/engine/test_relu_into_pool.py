@@ -89,6 +89,23 @@ def test_folded_gradients_equal_the_plain_path_bit_for_bit():
         np.testing.assert_allclose(a.double().numpy(), b.numpy(), rtol=1e-5, atol=1e-5 * b.abs().max().item())
 
 
+def test_folded_gradients_under_bfloat16_autocast_equal_the_plain_path():
+    """Under bfloat16 autocast the pooling runs in bfloat16's own bits (numba_bf16.py) and still folds the ReLU:
+    the same gradients as with the ReLU's own backward, bit for bit."""
+    net = build(INPUT + CONV + RELU + POOL + FC)
+    x = data(1)
+    with torch.autocast("cpu", torch.bfloat16):
+        blobs, folded = grads(net, x)
+        assert blobs["pool"].dtype == torch.bfloat16 and (blobs["pool"] == 0).float().mean() > 0.1
+        assert type(blobs["pool"].grad_fn).__name__ == "_LoopsMaxPoolBackward"
+        assert blobs["conv"].grad_fn.name() != "ReluBackward0"
+        net._relu_into_pool = {}
+        blobs, plain = grads(net, x)
+        assert blobs["conv"].grad_fn.name() == "ReluBackward0"
+    for a, b in zip(folded, plain):
+        assert torch.equal(a, b)
+
+
 def test_a_leaf_made_by_a_hook_keeps_the_plain_backward():
     """Grad-CAM on the ReLU's blob: the gradient of the scores with respect to the rectified map, where a window
     wholly at 0 passes its gradient to its first cell (the ReLU's backward lies before the leaf)."""

@@ -86,7 +86,7 @@ class _LoopsMaxPool(torch.autograd.Function):
     def forward(ctx, x, kernel, stride, pad, out, after_relu):
         top, arg = cpu_loops.max_pool(x, kernel, stride, pad, out, with_index=True, positive_only=after_relu)
         ctx.save_for_backward(arg)
-        ctx.geometry = (tuple(x.shape[-2:]), kernel, stride, pad)
+        ctx.geometry = (tuple(x.shape[-2:]), kernel, stride, pad, x.dtype)
         return top
 
     @staticmethod
@@ -96,13 +96,12 @@ class _LoopsMaxPool(torch.autograd.Function):
 
 
 def _loops_suit(x, out, stride, pad):
-    """Whether MAX pooling of x takes the compiled CPU loops (cpu_loops.py). With a gradient only in float32 (under
-    bfloat16 autocast the conversions cost more than the loops save). In bfloat16 not where a window lies wholly
-    past the edge: there Caffe's −FLT_MAX rounds to −inf, and the PyTorch path keeps the lowest finite."""
+    """Whether MAX pooling of x takes the compiled CPU loops (cpu_loops.py): float32, or bfloat16 in its own bits
+    (numba_bf16.py; GoogLeNet-CAM's eight bfloat16 poolings of a training step at batch 32, forward and backward:
+    156 ms in PyTorch's kernels). In bfloat16 not where a window lies wholly past the edge: there Caffe's −FLT_MAX
+    rounds to −inf, and the PyTorch path keeps the lowest finite."""
     if not cpu_loops.enabled(x):
         return False
-    if torch.is_grad_enabled() and x.requires_grad:
-        return x.dtype == torch.float32
     return x.dtype == torch.float32 or all(
         (o - 1) * s - p < size for o, s, p, size in zip(out, stride, pad, x.shape[-2:]))
 

@@ -132,12 +132,50 @@ def test_max_pool_gradient_hand_checked():
 
 
 def test_which_poolings_with_a_gradient_keep_pytorch():
-    """bfloat16 (slower in the loops under autocast) and the mask top keep PyTorch's pooling in training."""
+    """The mask top keeps PyTorch's pooling in training; so does bfloat16 where a window lies wholly past the edge
+    (Caffe's −FLT_MAX has no bfloat16: the PyTorch path keeps the type's lowest finite)."""
     x = channels_last(tied((1, 4, 6, 6), seed=1)).requires_grad_()
     y = caffe_pool(x.bfloat16(), (3, 3), (2, 2), (0, 0), True, True)
-    assert "MaxPool2DWithIndices" in type(y.grad_fn).__name__
+    assert type(y.grad_fn).__name__ == "_LoopsMaxPoolBackward"
     top, mask = caffe_max_pool_with_mask(x, (3, 3), (2, 2), (0, 0), True)
     assert "MaxPool2DWithIndices" in type(top.grad_fn).__name__
+    y = caffe_pool(channels_last(tied((1, 4, 6, 7), seed=2)).bfloat16().requires_grad_(), (1, 1), (3, 3), (0, 0),
+                   True, True)
+    assert type(y.grad_fn).__name__ != "_LoopsMaxPoolBackward"
+
+
+@pytest.mark.parametrize("hw,kernel,stride,pad,ceil", GEOMETRIES[:5] + GEOMETRIES[6:])
+def test_max_pool_bfloat16_training_is_caffes_float32_loop_rounded_once(hw, kernel, stride, pad, ceil):
+    """bfloat16 in its own bits (numba_bf16.py): the top and mask of pooling_layer.cpp on the bfloat16 values, and
+    its float32 backward sums of the bfloat16 gradients, each rounded once to bfloat16 by torch (ties to even)."""
+    x = np.random.default_rng(hw[0]).standard_normal((2, 19) + hw).astype(np.float32)
+    xb = channels_last(x).to(torch.bfloat16)
+    top_ref, mask_ref = ref.max_pool_with_mask(xb.float().numpy(), kernel, stride, pad, ceil)
+    dy = torch.randn(top_ref.shape, generator=torch.Generator().manual_seed(hw[1])).to(torch.bfloat16)
+    t = xb.clone().requires_grad_()
+    top = caffe_pool(t, kernel, stride, pad, ceil, True)
+    assert type(top.grad_fn).__name__ == "_LoopsMaxPoolBackward" and top.dtype == torch.bfloat16
+    np.testing.assert_array_equal(top.detach().float().numpy(), top_ref)
+    top.backward(dy)
+    assert t.grad.dtype == torch.bfloat16
+    expect = torch.from_numpy(ref.max_pool_backward(dy.float().numpy(), mask_ref, hw)).to(torch.bfloat16)
+    assert torch.equal(t.grad, expect)
+
+
+def test_max_pool_bfloat16_gradient_rounds_ties_to_even_and_keeps_nan():
+    """A 3×3 plane pooled 2×2 stride 1 with its maximum at the centre, which gathers all four gradients. bfloat16
+    has 8 significant bits: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7 and rounds to the even 1; 1 + 3·2^-8 lies
+    halfway between 1 + 2^-7 and 1 + 2^-6 and rounds to the even 1 + 2^-6. A NaN gradient stays NaN."""
+    plane = np.zeros((3, 3), np.float32)
+    plane[1, 1] = 1
+    x = channels_last(np.stack([plane] * 3)[None]).to(torch.bfloat16).requires_grad_()
+    top = caffe_pool(x, (2, 2), (1, 1), (0, 0), True, True)
+    dy = torch.tensor([[[[1.0, 2.0 ** -8], [0.0, 0.0]], [[1.0, 2.0 ** -8], [2.0 ** -7, 0.0]],
+                        [[1.0, float("nan")], [0.0, 0.0]]]]).to(torch.bfloat16)
+    top.backward(dy)
+    centre = x.grad[0, :, 1, 1].float()
+    assert centre[0].item() == 1.0 and centre[1].item() == 1 + 2.0 ** -6 and np.isnan(centre[2].item())
+    assert x.grad.float().abs().nansum().item() == centre[:2].sum().item()
 
 
 @pytest.mark.parametrize("channels,size,alpha,beta,k", [(200, 5, 1e-4, 0.75, 1.0), (64, 5, 0.8, 0.75, 2.0),
