@@ -163,6 +163,13 @@ def winograd_output(m, n, th, tw, h, w, bias=None, relu=False, mat=None):
     return out
 
 
+def winograd_input_adjoint(gv, n, h, w, th, tw, mat):
+    """(G, 36, N·th·tw, C/G) gradient of F(4×4)'s transformed tiles -> N×C×H×W channels_last input gradient."""
+    out = torch.empty((n, gv.shape[0] * gv.shape[3], h, w), memory_format=torch.channels_last)
+    _winograd(4).winograd_input_adjoint(gv.detach().contiguous().numpy(), n, h, w, th, tw, mat, _rows(out))
+    return out
+
+
 def winograd_output_adjoint(gy, th, tw, groups=1, mat=None):
     """N×H×W×K (contiguous) output gradient -> (groups, 16 or 36, N·th·tw, K/groups)."""
     n, h, w, k = gy.shape

@@ -142,6 +142,53 @@ def _output_adjoint(gy, n, h, w, th, tw, at, gm):
 
 
 @njit(parallel=True, cache=True, nogil=True)
+def _input_adjoint(gv, n, h, w, th, tw, bt, gx, phase):
+    """gv (G, 36, N·th·tw, C/G) -> gx (N·H·W, C) rows: B gV Bᵀ of each tile added at its 6×6 input patch (the part
+    in the padding dropped). Tiles 4 apart overlap by 2 rows and columns: a task sums one tile row into a strip of
+    its own, and the tile rows of parity `phase` run together (0 first, writing; then 1, adding where the rows are
+    shared with a row of phase 0), so that no two tasks write the same row at once."""
+    groups, cg = gv.shape[0], gv.shape[3]
+    c = groups * cg
+    a = bt.shape[0]
+    e = a - 2
+    b_mat = np.ascontiguousarray(bt.T)
+    count = (th - phase + 1) // 2
+    for task in prange(n * count):
+        image, ty = task // count, 2 * (task % count) + phase
+        t = np.empty((a * a, c), np.float32)
+        rows = np.empty((a * a, c), np.float32)
+        acc = np.empty(c, np.float32)
+        strip = np.zeros((a, e * tw + 2, c), np.float32)
+        for tx in range(tw):
+            p = (image * th + ty) * tw + tx
+            for q in range(a * a):
+                for grp in range(groups):
+                    for cc in range(cg):
+                        t[q, grp * cg + cc] = gv[grp, q, p, cc]
+            for i in range(a):  # rows[i·a + l] = Σ_k bt[k, i] t[k·a + l]
+                for j in range(a):
+                    _combine(b_mat, i, t, a, j, rows[i * a + j])
+            for i in range(a):  # the patch's (i, j) = Σ_l bt[l, j] rows[i·a + l]
+                for j in range(a):
+                    _combine(b_mat, j, rows, 1, i * a, acc)
+                    for ch in range(c):
+                        strip[i, e * tx + j, ch] += acc[ch]
+        for i in range(a):
+            yy = e * ty - 1 + i
+            if yy < 0 or yy >= h:
+                continue
+            shared = phase == 1 and (i < 2 or (i >= a - 2 and ty + 1 < th))
+            for xx in range(w):
+                dst = (image * h + yy) * w + xx
+                if shared:
+                    for ch in range(c):
+                        gx[dst, ch] += strip[i, xx + 1, ch]
+                else:
+                    for ch in range(c):
+                        gx[dst, ch] = strip[i, xx + 1, ch]
+
+
+@njit(parallel=True, cache=True, nogil=True)
 def _filter(g, gmat, u):
     """g (K, 3, 3, C/G) float32 filters -> u (G, 36, K/G, C/G): G g Gᵀ, summed in float64 (G has thirds and
     fifteenths), rounded once."""
@@ -198,6 +245,11 @@ def winograd_input(x, n, h, w, th, tw, bt, v):
 def winograd_output(m, n, h, w, th, tw, at, bias, relu, y):
     has_bias = bias is not None
     _output(m, n, h, w, th, tw, at, bias if has_bias else np.zeros(1, np.float32), has_bias, relu, y)
+
+
+def winograd_input_adjoint(gv, n, h, w, th, tw, bt, gx):
+    _input_adjoint(gv, n, h, w, th, tw, bt, gx, 0)
+    _input_adjoint(gv, n, h, w, th, tw, bt, gx, 1)
 
 
 def winograd_output_adjoint(gy, n, h, w, th, tw, at, gm):

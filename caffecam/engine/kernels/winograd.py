@@ -12,13 +12,16 @@ tested against a float64 reference). Backward is the adjoint of the same linear 
 convolution of the output gradient with the flipped, transposed filters, and the filter gradient is
 Gᵀ [Σ_tiles (Bᵀ d B)ᵀ (A gY Aᵀ)] G from the forward's transformed tiles.
 
-F(4×4, 3×3) (BT4, G4, AT4 below) takes a 6×6 input tile (stride 4) to a 4×4 output tile with 36 products: 2.25
-per output against F(2×2)'s 4, and fewer transformed values to write and read. It runs where the compiled loops do
+F(4×4, 3×3) (BT4, G4, AT4 below) takes a 6×6 input tile (stride 4) to a 4×4 output tile with 36 products: 2.25 per
+output against F(2×2)'s 4, and fewer transformed values to write and read. It runs where the compiled loops do
 (cpu_loops, numba_winograd4.py) and its tiles need fewer products than 2×2 ones (tile_size): GoogLeNet-CAM's
 CAM_conv at batch 32, forward and backward, 365 -> 332 ms; inception_3b/3x3 108 -> 89 ms; a whole training step
-×1.03 (15 alternating rounds). Its rounding is larger: 5e-6 of the largest output on 416 random ReLU'd channels,
-against 7e-7 for F(2×2) and direct convolution; on real nets it stays at Caffe's level (Places365-VGG16's recorded
-blobs: conv3_3 3.7e-7 from Caffe's with F(4×4), 6.2e-7 with F(2×2)). CAFFECAM_WINOGRAD=2 keeps F(2×2).
+×1.03 (15 alternating rounds). Its input gradient is the adjoint of its forward, B (gM Uᵀ) Bᵀ over the overlapping
+input patches, from the gM the filter gradient needs too: one transform of dY fewer than the flipped convolution
+F(2×2) runs, and no transform of flipped filters (a step ×1.03 again). Its rounding is larger: 5e-6 of the largest
+output on 416 random ReLU'd channels, against 7e-7 for F(2×2) and direct convolution; on real nets it stays at
+Caffe's level (Places365-VGG16's recorded blobs: conv3_3 3.7e-7 from Caffe's with F(4×4), 6.2e-7 with F(2×2)).
+CAFFECAM_WINOGRAD=2 keeps F(2×2).
 
 Tensors run through it as N×H×W×C, which is channels_last memory: a channels_last input costs no copy. The
 transformed tiles, filters and products are group-major, (groups, 16 or 36, rows, channels of a group), so that a
@@ -203,26 +206,37 @@ def _nhwc(x):
 class _Winograd3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups, tile):
-        y, v = _conv_nhwc(_nhwc(x), _filter_transform(weight, groups, tile), bias)
-        ctx.save_for_backward(v, weight)
+        u = _filter_transform(weight, groups, tile)
+        y, v = _conv_nhwc(_nhwc(x), u, bias)
+        # F(4×4) keeps its transformed filters: its input gradient comes from them (backward)
+        ctx.save_for_backward(v, weight, u if tile == 4 else None)
         ctx.has_bias, ctx.groups, ctx.tile = bias is not None, groups, tile
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        v, weight = ctx.saved_tensors
+        v, weight, u = ctx.saved_tensors
         groups, tile = ctx.groups, ctx.tile
         gh = _nhwc(grad)
         n, h, w, _ = gh.shape
+        th, tw = -(-h // tile), -(-w // tile)
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
+        gm = None
+        if ctx.needs_input_grad[1] or (tile == 4 and ctx.needs_input_grad[0]):
+            gm = _output_transform_adjoint(gh, th, tw, groups, tile)
+        if ctx.needs_input_grad[0] and tile == 4:
+            # the adjoint of the forward's maps: gV = gM Uᵀ per tile value, then B gV Bᵀ added over the
+            # overlapping 6×6 patches (cpu_loops.winograd_input_adjoint); it reuses gM, which the filter gradient
+            # needs too, in place of a transform of dY for the flipped convolution below
+            gv = torch.bmm(_batched(gm), _batched(u)).view(groups, 36, -1, u.shape[3])
+            gx = cpu_loops.winograd_input_adjoint(gv, n, h, w, th, tw, BT4)
+        elif ctx.needs_input_grad[0]:
             # d/dx of a 'same' 3×3 convolution: the same convolution of dY with each group's filters transposed
             # (K/g×C/g -> C/g×K/g) and flipped.
             k, cg = weight.shape[:2]
             flipped = weight.view(groups, k // groups, cg, 3, 3).transpose(1, 2).reshape(cg * groups, k // groups, 3, 3)
             gx = _conv_nhwc(gh, _filter_transform(flipped.flip(2, 3), groups, tile))[0]
         if ctx.needs_input_grad[1]:
-            gm = _output_transform_adjoint(gh, -(-h // tile), -(-w // tile), groups, tile)
             gw = _filter_transform_adjoint(_filter_grad_products(gm, v))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gh.sum((0, 1, 2))
