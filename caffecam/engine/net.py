@@ -1,12 +1,13 @@
 """A Caffe NetParameter as a torch.nn.Module: the blob DAG for one phase, forward returning named blobs."""
 
+import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
 from caffecam.engine import memory, netparam
-from caffecam.engine.kernels import winograd
+from caffecam.engine.kernels import cpu_loops, winograd
 from caffecam.engine.layers import INPUT_TYPES, make_layer
 from caffecam.engine.prototxt import read_net
 from caffecam.errors import CaffeCamError, net_label
@@ -336,10 +337,16 @@ class Net(nn.Module):
         shapes."""
         if not winograd.ENABLED:
             return []
-        return [lp.name for lp, layer in zip(self.layer_params, self.layers) if lp.type == "Convolution"
-                and layer.winograd_allowed and winograd.suits_shapes(self.blob_shapes[lp.bottom[0]],
-                                                                     layer.blobs[0].shape, layer.stride, layer.pad,
-                                                                     layer.dilation, layer.group)]
+        names = []
+        for lp, layer in zip(self.layer_params, self.layers):
+            if lp.type == "Convolution" and layer.winograd_allowed:
+                shape = tuple(self.blob_shapes[lp.bottom[0]])
+                # numba loads only where a blob is large enough for F(4×4)
+                loops = math.prod(shape) >= winograd.MIN_ELEMENTS_4 and cpu_loops.winograd_ready(torch.empty(0))
+                if winograd.suits_shapes(shape, layer.blobs[0].shape, layer.stride, layer.pad, layer.dilation,
+                                         layer.group, winograd.tile_for_shape(shape, loops)):
+                    names.append(lp.name)
+        return names
 
     def loss(self, blobs):
         """Caffe's objective: Σ loss_weight · sum(top) over the loss tops."""

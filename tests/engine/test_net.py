@@ -330,17 +330,24 @@ def test_duplicate_layer_names_in_one_phase_are_an_error():
 
 
 def test_winograd_layers_are_the_wide_3x3_convolutions_at_the_setup_batch(monkeypatch):
-    from caffecam.engine.kernels import winograd
+    from caffecam.engine.kernels import cpu_loops, winograd
     from caffecam.nets.googlenet_cam import googlenet_cam
 
     param = googlenet_cam(14, 1, 224, head="loss", batch=32)
-    # 3×3 layers with ≥ 128 channels per group on both sides (CAM_conv: 416 → 512 per group, 2 groups);
-    # inception_3a (96 → 128), 4a (96 → 208), 4b (112 → 224) and conv2 (64 → 192) are too narrow.
-    expected = ["inception_3b/3x3", "inception_4c/3x3", "inception_4d/3x3", "inception_4e/3x3", "CAM_conv"]
+    # With the compiled loops (F(4×4)): every 3×3 layer, ≥ 64 channels per group on both sides. Without: ≥ 128
+    # (F(2×2); CAM_conv: 416 → 512 per group, 2 groups), so inception_3a (96 → 128), 4a (96 → 208), 4b (112 → 224)
+    # and conv2 (64 → 192) are too narrow.
+    expected = two_by_two = ["inception_3b/3x3", "inception_4c/3x3", "inception_4d/3x3", "inception_4e/3x3",
+                             "CAM_conv"]
+    if cpu_loops._load() is not False:
+        expected = ["conv2/3x3", "inception_3a/3x3", "inception_3b/3x3", "inception_4a/3x3", "inception_4b/3x3",
+                    "inception_4c/3x3", "inception_4d/3x3", "inception_4e/3x3", "CAM_conv"]
     assert Net(param, caffe_pb2.TRAIN).winograd_layers() == expected
     assert Net(googlenet_cam(14, 1, 224, head="prob", batch=1), caffe_pb2.TEST).winograd_layers() == []  # 49 tiles
     cam = next(lp for lp in param.layer if lp.name == "CAM_conv")
     cam.convolution_param.engine = caffe_pb2.ConvolutionParameter.CAFFE
     assert Net(param, caffe_pb2.TRAIN).winograd_layers() == expected[:-1]
+    monkeypatch.setattr(winograd, "TILE4", False)  # CAFFECAM_WINOGRAD=2
+    assert Net(param, caffe_pb2.TRAIN).winograd_layers() == two_by_two[:-1]
     monkeypatch.setattr(winograd, "ENABLED", False)
     assert Net(param, caffe_pb2.TRAIN).winograd_layers() == []

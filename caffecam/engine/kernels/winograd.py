@@ -29,6 +29,7 @@ grouped layer's GEMMs are one batch of 16·groups contiguous matrices (GoogLeNet
 GEMMs 246 -> 219 ms at batch 32, against column slices of one (16, rows, channels) array).
 """
 
+import math
 import os
 from fractions import Fraction
 
@@ -244,11 +245,18 @@ class _Winograd3x3(torch.autograd.Function):
 
 
 def tile_size(x):
-    """4 (F(4×4, 3×3)) where the compiled loops take x and 4×4 tiles need fewer products than 2×2 ones for its
-    height and width (36 a tile against 16: at 14×14, 16 tiles against 49; at 6×6, 4 against 9 is a tie, so 2);
-    else 2. CAFFECAM_WINOGRAD=2 keeps 2×2 tiles everywhere."""
-    h, w = x.shape[-2:]
-    if TILE4 and cpu_loops.winograd_ready(x) and 36 * -(-h // 4) * -(-w // 4) < 16 * -(-h // 2) * -(-w // 2):
+    """4 (F(4×4, 3×3)) where the compiled loops take x (float32 on the CPU, numba present), x has at least
+    MIN_ELEMENTS_4 values, and 4×4 tiles need fewer products than 2×2 ones for its height and width (36 a tile
+    against 16: at 14×14, 16 tiles against 49; at 6×6, 4 against 9 is a tie, so 2); else 2. CAFFECAM_WINOGRAD=2
+    keeps 2×2 tiles everywhere."""
+    return tile_for_shape(tuple(x.shape), cpu_loops.winograd_ready(x))
+
+
+def tile_for_shape(shape, loops):
+    """tile_size for an input of this shape, `loops`: whether the compiled loops can run (cpu_loops.winograd_ready)."""
+    h, w = shape[-2:]
+    if (TILE4 and loops and math.prod(shape) >= MIN_ELEMENTS_4
+            and 36 * -(-h // 4) * -(-w // 4) < 16 * -(-h // 2) * -(-w // 2)):
         return 4
     return 2
 
@@ -291,20 +299,26 @@ def suits(x, weight, stride, pad, dilation, group):
         return False
     if torch.is_autocast_enabled("cpu"):
         return False
-    return suits_shapes(x.shape, weight.shape, stride, pad, dilation, group)
+    return suits_shapes(x.shape, weight.shape, stride, pad, dilation, group, tile_size(x))
 
 
-def suits_shapes(x_shape, weight_shape, stride, pad, dilation, group):
-    """A 3×3, stride 1, pad 1 layer with channels per group wide enough, and enough 2×2 tiles in the batch, for the
-    saved GEMM work to outweigh the transforms' memory traffic (thresholds from timing GoogLeNet's 3×3 layers both
-    ways; `make bench` reports the gain)."""
+def suits_shapes(x_shape, weight_shape, stride, pad, dilation, group, tile=2):
+    """A 3×3, stride 1, pad 1 layer with channels per group wide enough for its tile size (MIN_CHANNELS for 2×2,
+    MIN_CHANNELS_4 for 4×4), and enough 2×2 tiles in the batch, for the saved GEMM work to outweigh the transforms'
+    memory traffic (thresholds from timing GoogLeNet's 3×3 layers both ways in whole training steps; `make bench`
+    reports the gain)."""
     k, c = weight_shape[0] // group, weight_shape[1]
     n, _, h, w = x_shape
     return (tuple(weight_shape[2:]) == (3, 3) and tuple(stride) == (1, 1) and tuple(pad) == (1, 1)
-            and tuple(dilation) == (1, 1) and min(c, k) >= MIN_CHANNELS
+            and tuple(dilation) == (1, 1) and min(c, k) >= (MIN_CHANNELS_4 if tile == 4 else MIN_CHANNELS)
             and n * ((h + 1) // 2) * ((w + 1) // 2) >= MIN_TILES)
 
 
+# F(4×4) from 64 channels: conv2/3x3 (64 -> 192 at 56×56) and inception_3a, 4a, 4b's 3×3 (96 to 112 channels in)
+# join; a GoogLeNet-CAM training step ×1.04 against 128 (11 alternating rounds). Only for inputs of at least
+# 256 Ki values: GoogLeNet-CAM's 3×3 inputs at batch 32 have 0.6-6.4 M, while conv2/3x3's at batch 1 (200 K) stays
+# direct, so that a one-photo job does not load numba for it (cpu_loops.MIN_ELEMENTS).
+MIN_CHANNELS_4, MIN_ELEMENTS_4 = 64, 1 << 18
 MIN_CHANNELS, MIN_TILES = 128, 384
 # CAFFECAM_WINOGRAD=0 turns it off everywhere (a layer's `engine: CAFFE` turns it off for that layer); =2 keeps
 # F(2×2) tiles everywhere.

@@ -150,13 +150,28 @@ def test_suits_inception_width_layer():
     {"stride": (2, 2)}, {"stride": (1, 2)}, {"pad": (0, 0)}, {"pad": (2, 2)}, {"dilation": (2, 2)},
     {"weight": torch.empty((1024, 416, 5, 5))}, {"weight": torch.empty((1024, 416, 1, 1))},
     {"x": torch.empty((32, 832, 14, 14), dtype=torch.float64)},
-    {"x": torch.empty((32, 64, 14, 14)), "weight": torch.empty((128, 64, 3, 3)), "group": 1},  # few inputs
-    {"x": torch.empty((32, 256, 14, 14)), "weight": torch.empty((64, 256, 3, 3)), "group": 1},  # few outputs
-    {"group": 16, "x": torch.empty(1).expand(32, 6656, 14, 14)},  # 64 outputs per group
+    {"x": torch.empty((8, 64, 14, 14)), "weight": torch.empty((128, 64, 3, 3)), "group": 1},  # few inputs (2×2)
+    {"x": torch.empty((32, 256, 14, 14)), "weight": torch.empty((48, 256, 3, 3)), "group": 1},  # few outputs
+    {"x": torch.empty((32, 48, 28, 28)), "weight": torch.empty((128, 48, 3, 3)), "group": 1},  # few inputs (4×4)
+    {"group": 32, "x": torch.empty(1).expand(32, 6656, 14, 14)},  # 32 outputs per group
     {"x": torch.empty((1, 832, 14, 14))},  # 49 tiles
 ])
 def test_suits_rejects(change):
     assert not winograd.suits(**suits_args(**change))
+
+
+def test_suits_takes_64_channels_with_4x4_tiles_only(monkeypatch):
+    """conv2/3x3's shape at batch 32: 64 channels in; with F(4×4) (MIN_CHANNELS_4), not with F(2×2) (MIN_CHANNELS),
+    nor where the input is under MIN_ELEMENTS_4 (batch 1: 4×4 tiles would load numba for a small job)."""
+    x, w = torch.empty((32, 64, 56, 56)), torch.empty((192, 64, 3, 3))
+    from caffecam.engine.kernels import cpu_loops
+    if cpu_loops._load() is False:
+        assert not winograd.suits(x, w, (1, 1), (1, 1), (1, 1), 1)
+        return
+    assert winograd.tile_size(x) == 4 and winograd.suits(x, w, (1, 1), (1, 1), (1, 1), 1)
+    assert winograd.tile_size(x[:1]) == 2 and not winograd.suits(x[:1], w, (1, 1), (1, 1), (1, 1), 1)
+    monkeypatch.setattr(winograd, "TILE4", False)
+    assert not winograd.suits(x, w, (1, 1), (1, 1), (1, 1), 1)
 
 
 def test_suits_thresholds_and_switch(monkeypatch):
@@ -347,19 +362,25 @@ def test_tile4_error_on_wide_relu_input():
 
 @pytest.mark.parametrize("hw,tile", [((14, 14), 4), ((7, 7), 4), ((56, 56), 4), ((28, 9), 4), ((6, 6), 2),
                                      ((5, 5), 2), ((2, 2), 2), ((14, 2), 2)])
-def test_tile_size_takes_4x4_where_it_needs_fewer_products(hw, tile):
+def test_tile_size_takes_4x4_where_it_needs_fewer_products(hw, tile, monkeypatch):
     needs_loops()
+    monkeypatch.setattr(winograd, "MIN_ELEMENTS_4", 0)
     assert winograd.tile_size(torch.empty((1, 8) + hw)) == tile
 
 
 def test_tile_size_is_2_without_the_loops_or_when_asked(monkeypatch):
     needs_loops()
     from caffecam.engine.kernels import cpu_loops
+    monkeypatch.setattr(winograd, "MIN_ELEMENTS_4", 0)
     x = torch.empty((1, 8, 14, 14))
+    assert winograd.tile_size(x) == 4
     assert winograd.tile_size(x.double()) == 2  # the loops take float32 only
     monkeypatch.setattr(winograd, "TILE4", False)  # CAFFECAM_WINOGRAD=2
     assert winograd.tile_size(x) == 2
     monkeypatch.setattr(winograd, "TILE4", True)
+    monkeypatch.setattr(winograd, "MIN_ELEMENTS_4", x.numel() + 1)  # too small
+    assert winograd.tile_size(x) == 2
+    monkeypatch.setattr(winograd, "MIN_ELEMENTS_4", 0)
     monkeypatch.setattr(cpu_loops, "ENABLED", False)
     assert winograd.tile_size(x) == 2
 
@@ -367,6 +388,7 @@ def test_tile_size_is_2_without_the_loops_or_when_asked(monkeypatch):
 def test_tile4_inference_keeps_filters_per_tile_size(monkeypatch):
     """conv3x3_inference keeps the transformed filters on the layer: a change of tile size transforms them again."""
     needs_loops()
+    monkeypatch.setattr(winograd, "MIN_ELEMENTS_4", 0)
     x, wt, b = case(2, 8, 6, 14, 14, 1, seed=5)
     x = x.contiguous(memory_format=CL)
 
