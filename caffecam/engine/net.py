@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from caffecam.engine import memory, netparam
+from caffecam.engine.autocast_plan import float32_layers, rounded_tops
 from caffecam.engine.kernels import cpu_loops, winograd
 from caffecam.engine.layers import INPUT_TYPES, make_layer
 from caffecam.engine.prototxt import read_net
@@ -21,31 +22,12 @@ _OVERWRITABLE = {"Convolution", "InnerProduct", "Concat", "BatchNorm", "Scale", 
 _REDUCED = (torch.bfloat16, torch.float16)
 
 
-# Statistics over many values: in bfloat16 a sum of squares moves in steps of 2^-7 of itself, and BatchNorm's
-# moving average (fraction 0.999) would not move at all. LRN: a power of such a sum.
-_FLOAT32_TYPES = {"LRN", "BatchNorm", "MVN"}
-
-
 def _producer_kind(lp):
     """The layer's type, and for Eltwise its operation: a sum's backward does not read its output (ResNet's
     shortcut sums are followed by an in-place ReLU), a product's may."""
     if lp.type == "Eltwise":
         return "Eltwise " + caffe_pb2.EltwiseParameter.EltwiseOp.Name(lp.eltwise_param.operation)
     return lp.type
-
-
-def _float32_layers(layer_params):
-    """Indices of the layers that run in float32 under autocast (autocast's own rule for softmax, losses and pow):
-    _FLOAT32_TYPES, the Softmax, loss and Accuracy layers, and the layers writing the scores they read (rounded to
-    bfloat16, near scores tie, Accuracy counts a tie as wrong and the top-k probabilities would swap)."""
-    out = set()
-    for i, lp in enumerate(layer_params):
-        if lp.type in _FLOAT32_TYPES:
-            out.add(i)
-        elif (lp.type in ("Accuracy", "Softmax") or lp.type.endswith("Loss")) and lp.bottom:
-            out.add(i)
-            out.update(j for j in range(i) if lp.bottom[0] in layer_params[j].top)
-    return out
 
 
 def _relu_pool_pairs(layer_params, layers):
@@ -186,7 +168,8 @@ class Net(nn.Module):
         # Caffe's net outputs: blobs no later layer consumes (an in-place layer's top counts), sorted by name.
         self.output_blobs = sorted(available - set(self.input_blobs))
         self.param_specs()  # a shared parameter given two different lr_mult/decay_mult values is an error now
-        self._float32 = _float32_layers(self.layer_params)
+        self._float32 = float32_layers(self.layer_params)
+        self._rounded_tops = rounded_tops(self.layer_params, self._float32)
         self._relu_into_pool = _relu_pool_pairs(self.layer_params, self.layers)
         self._pools_after_relu = set(self._relu_into_pool.values())
         self.fold = None  # engine/fold.py's FoldPlan once fold_batchnorm(net) was called: inference only
@@ -315,7 +298,8 @@ class Net(nn.Module):
             elif i in self._pools_after_relu:
                 layer.after_relu = i in folded and bottoms[0] is folded.pop(i)
             where = bottoms[0].device.type if bottoms else None
-            if i in self._float32 and where and torch.is_autocast_enabled(where):
+            if i in self._float32 and where and torch.is_autocast_enabled(where) and not (
+                    i in self._rounded_tops and layer.rounds_once(*bottoms)):
                 with torch.autocast(where, enabled=False):
                     tops = layer(*[b.float() if b.dtype in _REDUCED else b for b in bottoms])
             else:

@@ -102,6 +102,52 @@ def test_lrn_runs_in_float32_under_bf16_autocast(device, cuda_flags):
     assert blobs["norm"].dtype == torch.float32
 
 
+def test_lrn_keeps_a_bfloat16_top_on_the_loops_where_every_reader_lowers_it(monkeypatch):
+    """On the compiled loops (numba_bf16.py) LRN takes the bfloat16 convolution output as it is, computes in
+    float32 and rounds its top once: the float32 LRN of the same values, rounded by torch. Its gradient likewise."""
+    from caffecam.engine.kernels import cpu_loops
+    if cpu_loops._load() is False:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(cpu_loops, "MIN_ELEMENTS", 0)
+    text = LRN_NET + ('layer { name: "fc" type: "InnerProduct" bottom: "norm" top: "fc" '
+                      'inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.5 } } }\n')
+    net = Net(parse_text(text, caffe_pb2.NetParameter), caffe_pb2.TRAIN, seed=1).to(memory_format=torch.channels_last)
+    x = (torch.from_numpy(np.random.default_rng(2).standard_normal((2, 16, 5, 5)).astype(np.float32)) * 2
+         ).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        blobs = net({"data": x})
+        for name in ("conv", "norm"):
+            blobs[name].retain_grad()
+        blobs["fc"].float().sum().backward()
+    assert blobs["conv"].dtype == blobs["norm"].dtype == torch.bfloat16
+    conv = blobs["conv"].detach().float().requires_grad_()
+    expect = net.layer_by_name["norm"](conv)[0]
+    assert torch.equal(blobs["norm"].detach(), expect.detach().to(torch.bfloat16))
+    expect.backward(blobs["norm"].grad.float())
+    assert blobs["conv"].grad.dtype == torch.bfloat16
+    assert torch.equal(blobs["conv"].grad, conv.grad.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("readers,kept", [
+    ('layer { name: "c2" type: "Convolution" bottom: "norm" top: "c2" convolution_param { num_output: 2 '
+     'kernel_size: 1 } }', True),
+    ('layer { name: "p" type: "Pooling" bottom: "norm" top: "p" pooling_param { pool: MAX kernel_size: 2 } }\n'
+     'layer { name: "c2" type: "Convolution" bottom: "p" top: "c2" convolution_param { num_output: 2 '
+     'kernel_size: 1 } }', True),
+    ('layer { name: "p" type: "Pooling" bottom: "norm" top: "p" pooling_param { pool: AVE kernel_size: 2 } }', False),
+    ('layer { name: "s" type: "Softmax" bottom: "norm" top: "s" }', False),
+    ('layer { name: "c2" type: "Convolution" bottom: "norm" top: "c2" convolution_param { num_output: 2 '
+     'kernel_size: 1 } }\nlayer { name: "s" type: "Softmax" bottom: "norm" top: "s" }', False),
+    ('', False),
+])
+def test_which_float32_layers_may_keep_a_bfloat16_top(readers, kept):
+    """Only where every reader would lower the top to bfloat16 anyway (a convolution, or a MAX pooling read only
+    by such): an AVE pooling, a Softmax or no reader keeps the float32 top."""
+    net = Net(parse_text(LRN_NET + readers, caffe_pb2.NetParameter), caffe_pb2.TEST, seed=1)
+    norm = next(i for i, lp in enumerate(net.layer_params) if lp.name == "norm")
+    assert (norm in net._rounded_tops) == kept
+
+
 def test_max_pool_window_past_the_edge_stays_finite_in_bfloat16():
     # kernel 1, stride 3 on 5 pixels: Caffe's third window starts at 6, past the edge, and yields −FLT_MAX, which
     # bfloat16 rounds to −inf; the lowest finite bfloat16 stands in for it.

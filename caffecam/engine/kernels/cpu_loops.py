@@ -58,10 +58,6 @@ def _rows(t):
     return (rows.view(torch.uint16) if rows.dtype == torch.bfloat16 else rows).numpy()
 
 
-def _float_channels_last(t):
-    return t.float().contiguous(memory_format=torch.channels_last)
-
-
 def _threads():
     loops = _load()
     loops.set_threads(torch.get_num_threads())
@@ -79,20 +75,21 @@ def _winograd(tile=2):
 
 
 def lrn_forward(x, size, alpha, beta, k):
-    """(y, scale) of cross-channel LRN for a float32 channels_last x (see lrn.py for the formulas)."""
-    loops = _threads()
+    """(y, scale) of cross-channel LRN for a float32 or bfloat16 channels_last x (see lrn.py for the formulas):
+    y in x's type, the scale in float32."""
+    loops = _bf16() if x.dtype == torch.bfloat16 else _threads()
     y = torch.empty_like(x, memory_format=torch.channels_last)
-    scale = torch.empty_like(x, memory_format=torch.channels_last)
+    scale = torch.empty(x.shape, memory_format=torch.channels_last)
     loops.lrn_forward(_rows(x), size, alpha / size, k, beta, _rows(y), _rows(scale))
     return y, scale
 
 
 def lrn_backward(x, scale, dy, size, alpha, beta):
-    """dx of cross-channel LRN from x, the forward's scale and dy (all float32 channels_last)."""
-    loops = _threads()
+    """dx of cross-channel LRN, in x's type, from x, the forward's float32 scale and dy (channels_last)."""
+    loops = _bf16() if x.dtype == torch.bfloat16 else _threads()
     dx = torch.empty_like(x, memory_format=torch.channels_last)
-    loops.lrn_backward(_rows(x), _rows(scale), _rows(_float_channels_last(dy)), size, beta,
-                       -2.0 * alpha * beta / size, _rows(dx))
+    dy = dy.to(x.dtype).contiguous(memory_format=torch.channels_last)
+    loops.lrn_backward(_rows(x), _rows(scale), _rows(dy), size, beta, -2.0 * alpha * beta / size, _rows(dx))
     return dx
 
 

@@ -42,12 +42,11 @@ class _LRNAcross(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k):
         ctx.size, ctx.coeff, ctx.loops = size, -2.0 * alpha * beta / size, cpu_loops.enabled(x)
-        if ctx.loops:  # bfloat16 (autocast) is computed in float32 and rounded once at the end
-            xf = x.float()
-            y, scale = cpu_loops.lrn_forward(xf, size, alpha, beta, k)
-            ctx.save_for_backward(xf, scale)
-            ctx.alpha, ctx.beta, ctx.dtype = alpha, beta, x.dtype
-            return y.to(x.dtype)
+        if ctx.loops:  # bfloat16 is computed in float32 inside the loops and rounded once at the end
+            y, scale = cpu_loops.lrn_forward(x, size, alpha, beta, k)
+            ctx.save_for_backward(x, scale)
+            ctx.alpha, ctx.beta = alpha, beta
+            return y
         scale = channel_window_sum(x * x, size).mul_(alpha / size).add_(k)
         power = negative_power(scale, beta)
         ctx.save_for_backward(x, scale, power)
@@ -57,8 +56,7 @@ class _LRNAcross(torch.autograd.Function):
     def backward(ctx, dy):
         if ctx.loops:
             x, scale = ctx.saved_tensors
-            dx = cpu_loops.lrn_backward(x, scale, dy, ctx.size, ctx.alpha, ctx.beta)
-            return dx.to(ctx.dtype), None, None, None, None
+            return cpu_loops.lrn_backward(x, scale, dy, ctx.size, ctx.alpha, ctx.beta), None, None, None, None
         x, scale, power = ctx.saved_tensors
         ratio = dy * x  # dy · y / scale, with y = x · power
         ratio.mul_(power).div_(scale)

@@ -1,17 +1,19 @@
-"""MAX pooling of bfloat16 tensors as numba loops, behind cpu_loops.py: numba_loops.py's two pooling loops on
-(pixels × channels) uint16 views of bfloat16 channels_last tensors, without a float32 copy of either side.
+"""MAX pooling and cross-channel LRN of bfloat16 tensors as numba loops, behind cpu_loops.py: numba_loops.py's
+loops on (pixels × channels) uint16 views of bfloat16 channels_last tensors, without a float32 copy of either side.
 
 A bfloat16 is the top half of a float32, so each row of channels is widened exactly (bits << 16) into a small
 float32 buffer, and the maximum, its index and the gradient sums follow numba_loops.py's float32 loops (Caffe's
 rules: first maximum in scan order, NaN never wins, the windows' gradients added in pooling_layer.cpp's order).
 The forward's top is the winning input's bits. The backward's sums are float32, rounded once to the nearest
-bfloat16 (ties to even), as torch's `.to(torch.bfloat16)` rounds.
+bfloat16 (ties to even), as torch's `.to(torch.bfloat16)` rounds. LRN runs numba_loops.py's own per-pixel code on
+the widened rows and rounds its outputs once the same way: the floats of the float32 loops on `x.float()`, then
+`.to(torch.bfloat16)`, without those two passes (its float32 scale is kept for the backward as before).
 """
 
 import numpy as np
 from numba import njit, prange
 
-from caffecam.engine.kernels.numba_loops import _LOWEST, _window
+from caffecam.engine.kernels.numba_loops import _LOWEST, BLOCK, _lrn_backward_pixel, _lrn_forward_pixel, _window
 
 _SHIFT = np.uint32(16)
 
@@ -22,6 +24,18 @@ def _widen(src, row, wide):
     value exactly)."""
     for c in range(wide.shape[0]):
         wide[c] = np.uint32(src[row, c]) << _SHIFT
+
+
+@njit(inline="always")
+def _narrow(bits, dst, row):
+    """dst[row, c] = the float32 with bits[c] rounded to the nearest bfloat16, ties to even (a NaN stays a quiet
+    NaN)."""
+    for c in range(bits.shape[0]):
+        u = np.int64(bits[c])
+        if (u & 0x7FFFFFFF) > 0x7F800000:
+            dst[row, c] = np.uint16((u >> 16) | 0x40)
+        else:
+            dst[row, c] = np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -86,13 +100,52 @@ def _max_pool_backward(dy, arg, n, h, w, kh, kw, sh, sw, ph, pw, oh, ow, dx):
                     _widen(dy, o, wide)
                     for c in range(channels):
                         acc[c] = acc[c] + vals[c] if arg[o, c] == index else acc[c]
-            row = (image * h + y) * w + x
-            for c in range(channels):
-                u = np.int64(acc_bits[c])
-                if (u & 0x7FFFFFFF) > 0x7F800000:
-                    dx[row, c] = np.uint16((u >> 16) | 0x40)
-                else:
-                    dx[row, c] = np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+            _narrow(acc_bits, dx, (image * h + y) * w + x)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _lrn_forward(x, size, alpha_n, k, beta, y, scale):
+    pixels, channels = x.shape
+    r = size // 2
+    for b in prange((pixels + BLOCK - 1) // BLOCK):
+        squares = np.zeros(channels + 2 * r, np.float32)
+        window = np.empty(channels, np.float32)
+        power = np.empty(channels, np.float32)
+        wide = np.empty(channels, np.uint32)
+        out_bits = np.empty(channels, np.uint32)
+        out = out_bits.view(np.float32)
+        for p in range(b * BLOCK, min(pixels, (b + 1) * BLOCK)):
+            _widen(x, p, wide)
+            _lrn_forward_pixel(wide.view(np.float32), size, alpha_n, k, beta, squares, window, power, out, scale[p])
+            _narrow(out_bits, y, p)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _lrn_backward(x, scale, dy, size, beta, coeff, dx):
+    pixels, channels = x.shape
+    r = size // 2
+    for b in prange((pixels + BLOCK - 1) // BLOCK):
+        ratio = np.zeros(channels + 2 * r, np.float32)
+        power = np.empty(channels, np.float32)
+        window = np.empty(channels, np.float32)
+        wide_x = np.empty(channels, np.uint32)
+        wide_dy = np.empty(channels, np.uint32)
+        out_bits = np.empty(channels, np.uint32)
+        out = out_bits.view(np.float32)
+        for p in range(b * BLOCK, min(pixels, (b + 1) * BLOCK)):
+            _widen(x, p, wide_x)
+            _widen(dy, p, wide_dy)
+            _lrn_backward_pixel(wide_x.view(np.float32), scale[p], wide_dy.view(np.float32), size, beta, coeff,
+                                ratio, power, window, out)
+            _narrow(out_bits, dx, p)
+
+
+def lrn_forward(x, size, alpha_n, k, beta, y, scale):
+    _lrn_forward(x, size, np.float32(alpha_n), np.float32(k), np.float32(beta), y, scale)
+
+
+def lrn_backward(x, scale, dy, size, beta, coeff, dx):
+    _lrn_backward(x, scale, dy, size, np.float32(beta), np.float32(coeff), dx)
 
 
 def max_pool(x, n, h, w, kernel, stride, pad, out, top, arg, positive_only=False):

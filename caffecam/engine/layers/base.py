@@ -25,6 +25,11 @@ def register(*type_names):
 class Layer(nn.Module):
     fixed_blobs = False  # True: Caffe never learns this layer's blobs (BatchNorm forces their lr_mult to 0)
 
+    def rounds_once(self, *bottoms):
+        """Whether this layer, one that runs in float32 under autocast, computes these reduced-precision bottoms in
+        float32 itself and rounds its tops once, so that Net.forward hands it them as they are (LRN overrides)."""
+        return False
+
     def __init__(self, lp, bottom_shapes, phase, generator=None):
         super().__init__()
         self.name, self.type, self.phase = lp.name, lp.type, phase

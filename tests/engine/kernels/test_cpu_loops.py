@@ -205,15 +205,24 @@ def test_lrn_loops_agree_with_the_pytorch_path():
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=3e-7, atol=0)
 
 
-def test_lrn_loops_in_bfloat16_round_once():
+@pytest.mark.parametrize("size,beta", [(5, 0.75), (3, 0.6)])
+def test_lrn_loops_in_bfloat16_round_once(size, beta):
+    """bfloat16 read and written in its own bits (numba_bf16.py): the output and the input gradient are the float32
+    loops' on the widened values, each rounded once by torch; and near the float64 reference."""
     x = np.random.default_rng(9).standard_normal((2, 16, 5, 5)).astype(np.float32) * 3
     xb = channels_last(x).to(torch.bfloat16).requires_grad_()
-    y = lrn_across(xb, 5, 0.5, 0.75, 1.0)
+    y = lrn_across(xb, size, 0.5, beta, 1.0)
     assert y.dtype == torch.bfloat16
-    expect = ref.lrn_across(xb.detach().double().numpy(), 5, 0.5, 0.75, 1.0)
+    expect = ref.lrn_across(xb.detach().double().numpy(), size, 0.5, beta, 1.0)
     np.testing.assert_allclose(y.detach().double().numpy(), expect, rtol=2 ** -8, atol=0)
-    y.sum().backward()
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    y.backward(dy)
     assert xb.grad.dtype == torch.bfloat16
+    xf = xb.detach().float().requires_grad_()
+    yf = lrn_across(xf, size, 0.5, beta, 1.0)
+    yf.backward(dy.float())
+    assert torch.equal(y.detach(), yf.detach().to(torch.bfloat16))
+    assert torch.equal(xb.grad, xf.grad.to(torch.bfloat16))
 
 
 def test_which_tensors_take_the_loops(monkeypatch):
