@@ -162,6 +162,23 @@ def test_max_pool_bfloat16_training_is_caffes_float32_loop_rounded_once(hw, kern
     assert torch.equal(t.grad, expect)
 
 
+def test_max_pool_bfloat16_ties_signed_zeros_and_nan_follow_caffe():
+    """Ties in most windows, −0 before +0 (equal: the first stays), NaN (never wins): the mask and top of
+    pooling_layer.cpp on the same values, in bfloat16 as in float32."""
+    x = tied((2, 6, 9, 9), seed=4)
+    x[0, 0, 0, 0], x[0, 0, 0, 1] = -0.0, 0.0
+    x[0, 0, :3, :3] = np.where(x[0, 0, :3, :3] > 0, -1.0, x[0, 0, :3, :3])  # the first window's maximum is a zero
+    x[1, 2, 4, 4] = np.nan
+    x[1, 3] = np.nan
+    top_ref, mask_ref = ref.max_pool_with_mask(x, (3, 3), (2, 2), (0, 0))
+    top, index = cpu_loops.max_pool(channels_last(x).to(torch.bfloat16), (3, 3), (2, 2), (0, 0), (4, 4),
+                                    with_index=True)
+    np.testing.assert_array_equal(index.numpy(), mask_ref)
+    assert index[0, 0, 0, 0].item() == 0 and np.signbit(top[0, 0, 0, 0].float().item())  # the −0 at (0, 0)
+    np.testing.assert_array_equal(top.float().numpy()[1, :3], top_ref[1, :3])
+    assert (top[1, 3].float() == torch.tensor(-3.3895313892515355e38)).all()  # bfloat16's lowest finite
+
+
 def test_max_pool_bfloat16_gradient_rounds_ties_to_even_and_keeps_nan():
     """A 3×3 plane pooled 2×2 stride 1 with its maximum at the centre, which gathers all four gradients. bfloat16
     has 8 significant bits: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7 and rounds to the even 1; 1 + 3·2^-8 lies
