@@ -125,7 +125,7 @@ def max_pool_backward(dy, arg, in_hw, kernel, stride, pad, dtype=torch.float32):
 
 # ---- Winograd F(2×2, 3×3) and F(4×4, 3×3) transforms for winograd.py (float32 on the CPU) -------------------------
 # `mat` is None for F(2×2) (its coefficients are written into numba_winograd.py's loops), else F(4×4)'s matrix
-# (winograd.BT4, AT4 or G4; numba_winograd4.py's loops take it as an argument).
+# (winograd.BT4, AT4 or G4; numba_winograd4.py's loops take it as their last argument).
 
 def winograd_ready(t):
     """Whether winograd.py's transforms of t run as compiled loops (one pass each; the PyTorch composition makes
@@ -137,16 +137,18 @@ def _tile_values(mat):
     return 16 if mat is None else mat.shape[1] ** 2
 
 
-def _with(mat, *args):
-    return args if mat is None else args[:-1] + (mat, args[-1])
+def _transform(name, mat, *args):
+    """numba_winograd's loop `name` on args (F(2×2)), or numba_winograd4's with F(4×4)'s matrix after them."""
+    if mat is None:
+        return getattr(_winograd(2), name)(*args)
+    return getattr(_winograd(4), name)(*args, mat)
 
 
 def winograd_input(xh, th, tw, groups=1, mat=None):
     """N×H×W×C (contiguous) -> (groups, 16 or 36, N·th·tw, C/groups) transformed tiles."""
     n, h, w, c = xh.shape
     v = torch.empty((groups, _tile_values(mat), n * th * tw, c // groups))
-    _winograd(2 if mat is None else 4).winograd_input(
-        *_with(mat, xh.detach().reshape(-1, c).numpy(), n, h, w, th, tw, v.numpy()))
+    _transform("winograd_input", mat, xh.detach().reshape(-1, c).numpy(), n, h, w, th, tw, v.numpy())
     return v
 
 
@@ -155,15 +157,14 @@ def winograd_output(m, n, th, tw, h, w, bias=None, relu=False, mat=None):
     k = m.shape[0] * m.shape[-1]
     out = torch.empty((n, k, h, w), memory_format=torch.channels_last)
     b = None if bias is None else bias.detach().float().contiguous().numpy()
-    args = (m.detach().contiguous().numpy(), n, h, w, th, tw) + (() if mat is None else (mat,)) + (b, relu, _rows(out))
-    _winograd(2 if mat is None else 4).winograd_output(*args)
+    _transform("winograd_output", mat, m.detach().contiguous().numpy(), n, h, w, th, tw, b, relu, _rows(out))
     return out
 
 
 def winograd_input_adjoint(gv, n, h, w, th, tw, mat):
     """(G, 36, N·th·tw, C/G) gradient of F(4×4)'s transformed tiles -> N×C×H×W channels_last input gradient."""
     out = torch.empty((n, gv.shape[0] * gv.shape[3], h, w), memory_format=torch.channels_last)
-    _winograd(4).winograd_input_adjoint(gv.detach().contiguous().numpy(), n, h, w, th, tw, mat, _rows(out))
+    _transform("winograd_input_adjoint", mat, gv.detach().contiguous().numpy(), n, h, w, th, tw, _rows(out))
     return out
 
 
@@ -171,8 +172,7 @@ def winograd_output_adjoint(gy, th, tw, groups=1, mat=None):
     """N×H×W×K (contiguous) output gradient -> (groups, 16 or 36, N·th·tw, K/groups)."""
     n, h, w, k = gy.shape
     gm = torch.empty((groups, _tile_values(mat), n * th * tw, k // groups))
-    _winograd(2 if mat is None else 4).winograd_output_adjoint(
-        *_with(mat, gy.detach().reshape(-1, k).numpy(), n, h, w, th, tw, gm.numpy()))
+    _transform("winograd_output_adjoint", mat, gy.detach().reshape(-1, k).numpy(), n, h, w, th, tw, gm.numpy())
     return gm
 
 
@@ -180,7 +180,7 @@ def winograd_filter(w, groups=1, mat=None):
     """K×C/groups×3×3 filters -> (groups, 16 or 36, K/groups, C/groups) transformed ones."""
     g = w.detach().permute(0, 2, 3, 1).contiguous()
     u = torch.empty((groups, 16 if mat is None else mat.shape[0] ** 2, g.shape[0] // groups, g.shape[3]))
-    _winograd(2 if mat is None else 4).winograd_filter(*_with(mat, g.numpy(), u.numpy()))
+    _transform("winograd_filter", mat, g.numpy(), u.numpy())
     return u
 
 
@@ -188,6 +188,5 @@ def winograd_filter_adjoint(gu, mat=None):
     """(G, 16 or 36, K/G, C/G) gradient of the transformed filters -> K×C/G×3×3 (channels_last memory) filter
     gradient."""
     g = torch.empty((gu.shape[0] * gu.shape[2], 3, 3, gu.shape[3]))
-    _winograd(2 if mat is None else 4).winograd_filter_adjoint(*_with(mat, gu.detach().contiguous().numpy(),
-                                                                      g.numpy()))
+    _transform("winograd_filter_adjoint", mat, gu.detach().contiguous().numpy(), g.numpy())
     return g.permute(0, 3, 1, 2)

@@ -31,35 +31,37 @@ def _combine(mat, i, src, stride, offset, out):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _input(x, n, h, w, th, tw, bt, v):
-    """x: (N·H·W, C) rows -> v (G, 36, N·th·tw, C/G): Bᵀ d B of each 6×6 tile d (rows and columns 4·t − 1 …
-    4·t + 4, zero outside the input)."""
+def _to_tiles(x, n, h, w, th, tw, offset, mat, v):
+    """x: (N·H·W, C) rows -> v (G, 36, N·th·tw, C/G): L d Lᵀ (L = mat, a×s) of each s×s patch d at rows and columns
+    4·t + offset … 4·t + offset + s − 1, zero outside the input. The input transform: L = Bᵀ, s = 6, offset −1; the
+    output gradient's: L = A, s = 4, offset 0."""
     c, groups, cg = x.shape[1], v.shape[0], v.shape[3]
-    a = bt.shape[0]
+    a, s = mat.shape
+    e = a - 2
     for task in prange(n * th):
         image, ty = task // th, task % th
-        d = np.empty((a * a, c), np.float32)
-        rows = np.empty((a * a, c), np.float32)
+        d = np.empty((s * s, c), np.float32)
+        rows = np.empty((a * s, c), np.float32)
         acc = np.empty(c, np.float32)
         for tx in range(tw):
-            for i in range(a):
-                yy = (a - 2) * ty - 1 + i
-                for j in range(a):
-                    xx = (a - 2) * tx - 1 + j
+            for i in range(s):
+                yy = e * ty + offset + i
+                for j in range(s):
+                    xx = e * tx + offset + j
                     if 0 <= yy < h and 0 <= xx < w:
                         src = (image * h + yy) * w + xx
                         for ch in range(c):
-                            d[i * a + j, ch] = x[src, ch]
+                            d[i * s + j, ch] = x[src, ch]
                     else:
                         for ch in range(c):
-                            d[i * a + j, ch] = 0
-            for i in range(a):  # rows[i·a + j] = Σ_k bt[i, k] d[k·a + j]
-                for j in range(a):
-                    _combine(bt, i, d, a, j, rows[i * a + j])
+                            d[i * s + j, ch] = 0
+            for i in range(a):  # rows[i·s + j] = Σ_k mat[i, k] d[k·s + j]
+                for j in range(s):
+                    _combine(mat, i, d, s, j, rows[i * s + j])
             p = (image * th + ty) * tw + tx
-            for i in range(a):  # v[i·a + j] = Σ_l bt[j, l] rows[i·a + l]
+            for i in range(a):  # v[i·a + j] = Σ_l mat[j, l] rows[i·s + l]
                 for j in range(a):
-                    _combine(bt, j, rows, 1, i * a, acc)
+                    _combine(mat, j, rows, 1, i * s, acc)
                     for grp in range(groups):
                         for cc in range(cg):
                             v[grp, i * a + j, p, cc] = acc[grp * cg + cc]
@@ -104,41 +106,6 @@ def _output(m, n, h, w, th, tw, at, bias, has_bias, relu, y):
                     dst = (image * h + yy) * w + xx
                     for ch in range(k):
                         y[dst, ch] = out[ch]
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _output_adjoint(gy, n, h, w, th, tw, at, gm):
-    """gy (N·H·W, K) rows -> gm (G, 36, N·th·tw, K/G): A gY Aᵀ of each 4×4 tile (zero past the edge)."""
-    k, groups, kg = gy.shape[1], gm.shape[0], gm.shape[3]
-    e, a = at.shape
-    a_mat = np.ascontiguousarray(at.T)
-    for task in prange(n * th):
-        image, ty = task // th, task % th
-        g = np.empty((e * e, k), np.float32)
-        rows = np.empty((a * e, k), np.float32)
-        acc = np.empty(k, np.float32)
-        for tx in range(tw):
-            for i in range(e):
-                yy = e * ty + i
-                for j in range(e):
-                    xx = e * tx + j
-                    if yy < h and xx < w:
-                        src = (image * h + yy) * w + xx
-                        for ch in range(k):
-                            g[i * e + j, ch] = gy[src, ch]
-                    else:
-                        for ch in range(k):
-                            g[i * e + j, ch] = 0
-            for r in range(a):  # rows[r·e + j] = Σ_i at[i, r] g[i·e + j]
-                for j in range(e):
-                    _combine(a_mat, r, g, e, j, rows[r * e + j])
-            p = (image * th + ty) * tw + tx
-            for r in range(a):  # gm[r·a + l] = Σ_j at[j, l] rows[r·e + j]
-                for q in range(a):
-                    _combine(a_mat, q, rows, 1, r * e, acc)
-                    for grp in range(groups):
-                        for kk in range(kg):
-                            gm[grp, r * a + q, p, kk] = acc[grp * kg + kk]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -238,27 +205,29 @@ def _filter_adjoint(gu, gmat, g):
                     g[f, i, j, ch] = np.float32(acc[ch])
 
 
-def winograd_input(x, n, h, w, th, tw, bt, v):
-    _input(x, n, h, w, th, tw, bt, v)
+# The entry points take F(4×4)'s matrix last, after numba_winograd.py's arguments (cpu_loops._transform).
+
+def winograd_input(x, n, h, w, th, tw, v, bt):
+    _to_tiles(x, n, h, w, th, tw, -1, bt, v)
 
 
-def winograd_output(m, n, h, w, th, tw, at, bias, relu, y):
+def winograd_output(m, n, h, w, th, tw, bias, relu, y, at):
     has_bias = bias is not None
     _output(m, n, h, w, th, tw, at, bias if has_bias else np.zeros(1, np.float32), has_bias, relu, y)
 
 
-def winograd_input_adjoint(gv, n, h, w, th, tw, bt, gx):
+def winograd_input_adjoint(gv, n, h, w, th, tw, gx, bt):
     _input_adjoint(gv, n, h, w, th, tw, bt, gx, 0)
     _input_adjoint(gv, n, h, w, th, tw, bt, gx, 1)
 
 
-def winograd_output_adjoint(gy, n, h, w, th, tw, at, gm):
-    _output_adjoint(gy, n, h, w, th, tw, at, gm)
+def winograd_output_adjoint(gy, n, h, w, th, tw, gm, at):
+    _to_tiles(gy, n, h, w, th, tw, 0, np.ascontiguousarray(at.T), gm)
 
 
-def winograd_filter(g, gmat, u):
+def winograd_filter(g, u, gmat):
     _filter(g, gmat, u)
 
 
-def winograd_filter_adjoint(gu, gmat, g):
+def winograd_filter_adjoint(gu, g, gmat):
     _filter_adjoint(gu, gmat, g)
