@@ -89,8 +89,11 @@ def test_layer_matches_caffe(family, name):
 @pytest.mark.parametrize("family, name", CASES, ids=[f"{f}/{n}" for f, n in CASES])
 def test_layer_matches_caffe_in_float32(family, name, monkeypatch):
     """As the engine trains: float32, with the Winograd convolution taken at any size it applies to (3×3, stride 1,
-    pad 1), not only from 128 channels, so that its path is checked on these small cases too."""
+    pad 1), not only from 64 or 128 channels, so that its path is checked on these small cases too: F(4×4) where
+    the compiled loops run (at 7×7 and larger), F(2×2) elsewhere."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_CHANNELS_4", 1)
+    monkeypatch.setattr(winograd, "MIN_ELEMENTS_4", 0)
     monkeypatch.setattr(winograd, "MIN_TILES", 1)
     _check(family, name, torch.float32)
 
